@@ -1,0 +1,53 @@
+// Shape/dtype/device checks shared by the CPU and CUDA entry points. The Python front reports friendlier
+// errors first; these keep a direct torch.ops call from ever reading out of bounds.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace transxnet_ops {
+
+inline void check_idconv_inputs(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 4, "idconv: x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4, "idconv: weight must be (B, C, K, K), got ", weight.sizes());
+  TORCH_CHECK(weight.size(0) == x.size(0) && weight.size(1) == x.size(1),
+              "idconv: weight must be (B, C, K, K) = (", x.size(0), ", ", x.size(1), ", K, K), got ",
+              weight.sizes());
+  TORCH_CHECK(weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
+              "idconv: weight kernel must be square with odd K, got ", weight.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "idconv: x must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(),
+              "idconv: weight must match x's dtype and device");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == x.size(0) && bias->size(1) == x.size(1),
+                "idconv: bias must be (B, C) = (", x.size(0), ", ", x.size(1), "), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
+                "idconv: bias must match x's dtype and device");
+  }
+}
+
+inline void check_attn_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "osra_attention: q, k, v must be 4-D (B, H, N|M, D)");
+  TORCH_CHECK(k.sizes() == v.sizes(), "osra_attention: k and v must have the same shape, got ",
+              k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "osra_attention: q ", q.sizes(), " and k ", k.sizes(), " disagree on B, H or D");
+  TORCH_CHECK(at::isFloatingType(q.scalar_type()), "osra_attention: q must be floating point");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "osra_attention: q, k, v must share a dtype");
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),
+              "osra_attention: q, k, v must be on one device");
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    TORCH_CHECK(b.dim() == 4 && (b.size(0) == 1 || b.size(0) == q.size(0)) &&
+                    (b.size(1) == 1 || b.size(1) == q.size(1)) && b.size(2) == q.size(2) &&
+                    b.size(3) == k.size(2),
+                "osra_attention: bias must be (1|B, 1|H, N, M), got ", b.sizes());
+    TORCH_CHECK(b.scalar_type() == q.scalar_type() && b.device() == q.device(),
+                "osra_attention: bias must match q's dtype and device");
+  }
+}
+
+}  // namespace transxnet_ops

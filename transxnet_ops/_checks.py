@@ -1,0 +1,72 @@
+"""Input validation of the public ops: every problem reported at once, naming the argument."""
+import torch
+
+# The GPU kernels keep a K x K filter per program; larger filters are not a TransXNet shape.
+MAX_GPU_KERNEL_SIZE = 31
+
+
+def _fail(op, problems, exc=ValueError):
+    if problems:
+        raise exc(f"{op}: invalid input:\n  - " + "\n  - ".join(problems))
+
+
+def _describe(t):
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def _check_tensor_types(op, named):
+    bad = [f"{n} must be a torch.Tensor, got {type(t).__name__}" for n, t in named if not isinstance(t, torch.Tensor)]
+    _fail(op, bad, TypeError)
+    first_name, first = named[0]
+    bad = []
+    if not first.is_floating_point():
+        bad.append(f"{first_name} must be a floating-point tensor, got {first.dtype}")
+    for n, t in named[1:]:
+        if t.dtype != first.dtype:
+            bad.append(f"{n} must have {first_name}'s dtype {first.dtype}, got {t.dtype}")
+        if t.device != first.device:
+            bad.append(f"{n} must be on {first_name}'s device {first.device}, got {t.device}")
+    _fail(op, bad, TypeError)
+
+
+def check_idconv(x, weight, bias):
+    named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    _check_tensor_types("idconv", named)
+    problems = []
+    if x.dim() != 4:
+        problems.append(f"x must be 4-D (B, C, H, W), got {_describe(x)}")
+    else:
+        B, C = x.shape[:2]
+        if weight.dim() != 4 or tuple(weight.shape[:2]) != (B, C) or weight.shape[2] != weight.shape[3]:
+            problems.append(f"weight must be (B, C, K, K) = ({B}, {C}, K, K), got {_describe(weight)}")
+        elif weight.shape[-1] % 2 == 0:
+            problems.append(f"weight's kernel size K must be odd (padding is K//2), got K={weight.shape[-1]}")
+        if bias is not None and tuple(bias.shape) != (B, C):
+            problems.append(f"bias must be (B, C) = ({B}, {C}) or None, got {_describe(bias)}")
+    _fail("idconv", problems)
+
+
+def check_gpu_kernel_size(weight, backend):
+    if backend in ("cuda", "triton") and weight.shape[-1] > MAX_GPU_KERNEL_SIZE:
+        _fail("idconv", [f"the {backend} backend supports K <= {MAX_GPU_KERNEL_SIZE}, got weight with "
+                         f"K={weight.shape[-1]}; use backend='cpu' or 'reference'"])
+
+
+def check_osra_attention(q, k, v, bias):
+    named = [("q", q), ("k", k), ("v", v)] + ([("bias", bias)] if bias is not None else [])
+    _check_tensor_types("osra_attention", named)
+    problems = [f"{n} must be 4-D (B, heads, tokens, head_dim), got {_describe(t)}"
+                for n, t in named[:3] if t.dim() != 4]
+    _fail("osra_attention", problems)
+    B, H, N, D = q.shape
+    M = k.shape[2]
+    if tuple(k.shape) != (B, H, M, D):
+        problems.append(f"k must be (B, heads, M, head_dim) = ({B}, {H}, M, {D}) like q, got {_describe(k)}")
+    if tuple(v.shape) != tuple(k.shape):
+        problems.append(f"v must have k's shape {tuple(k.shape)}, got {_describe(v)}")
+    if bias is not None:
+        target = (B, H, N, M)
+        shape = tuple(bias.shape)
+        if len(shape) > 4 or any(s not in (1, t) for s, t in zip(shape[::-1], target[::-1])):
+            problems.append(f"bias must be broadcastable to (B, heads, N, M) = {target}, got {_describe(bias)}")
+    _fail("osra_attention", problems)

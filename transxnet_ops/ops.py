@@ -1,0 +1,149 @@
+"""Public ops: input checks, backend dispatch, and autograd + fake registration of the custom ops.
+
+Every compiled backend exposes one forward and one backward custom op with the same schema:
+  idconv{sfx}(x, weight, bias?) -> y
+  idconv_backward{sfx}(grad_y, x, weight) -> (grad_x, grad_weight, grad_bias)
+  osra_attention{sfx}(q, k, v, bias?, scale) -> (out, lse)
+  osra_attention_backward{sfx}(grad_out, q, k, v, bias?, out, lse, scale, bias_requires_grad)
+      -> (grad_q, grad_k, grad_v, grad_bias)
+where sfx is "" for the C++/CUDA kernels (csrc/ops.cpp) and "_triton" for the Triton ones (triton/).
+Autograd is registered here, once, for all of them; the backward of each is its backward op.
+"""
+import torch
+
+from . import _checks, _ext, backends, reference
+
+_NS = "transxnet_ops"
+
+
+def _op(name):
+    return getattr(getattr(torch.ops, _NS), name)
+
+
+# ---------------------------------------------------------------- autograd, shared by every backend
+def _register_idconv_autograd(suffix):
+    backward_op = f"{_NS}::idconv_backward{suffix}"
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = _op(backward_op.split("::")[1])(grad_y, x, weight)
+        return grad_x, grad_weight, grad_bias if ctx.has_bias else None
+
+    torch.library.register_autograd(f"{_NS}::idconv{suffix}", backward, setup_context=setup_context)
+
+
+def _register_attention_autograd(suffix):
+    backward_name = f"osra_attention_backward{suffix}"
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, bias, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(lse)
+
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        bias_requires_grad = bias is not None and ctx.needs_input_grad[3]
+        grad_q, grad_k, grad_v, grad_bias = _op(backward_name)(
+            grad_out, q, k, v, bias, out, lse, ctx.scale, bias_requires_grad)
+        return grad_q, grad_k, grad_v, grad_bias if bias_requires_grad else None, None
+
+    torch.library.register_autograd(f"{_NS}::osra_attention{suffix}", backward, setup_context=setup_context)
+
+
+def _register_native_fakes():
+    @torch.library.register_fake(f"{_NS}::idconv")
+    def _(x, weight, bias):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake(f"{_NS}::idconv_backward")
+    def _(grad_y, x, weight):
+        return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(x.shape[:2])
+
+    @torch.library.register_fake(f"{_NS}::osra_attention")
+    def _(q, k, v, bias, scale):
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+    @torch.library.register_fake(f"{_NS}::osra_attention_backward")
+    def _(grad_out, q, k, v, bias, out, lse, scale, bias_requires_grad):
+        grad_bias = bias.new_empty(bias.shape) if bias is not None and bias_requires_grad else q.new_empty(0)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_bias
+
+
+if _ext.has_cpu_kernels():
+    _register_native_fakes()
+    _register_idconv_autograd("")
+    _register_attention_autograd("")
+
+if _ext.has_triton():
+    try:
+        from .triton import idconv as _triton_idconv  # noqa: F401  (defines the *_triton ops)
+        from .triton import osra as _triton_osra  # noqa: F401
+
+        _register_idconv_autograd("_triton")
+        _register_attention_autograd("_triton")
+    except ImportError:  # triton present but unusable here: the backend reports itself unavailable
+        pass
+
+_SUFFIX = {"cpu": "", "cuda": "", "triton": "_triton"}
+
+
+# ---------------------------------------------------------------- AMP
+def _autocast(*tensors):
+    """Custom ops are opaque to autocast: cast floating inputs to the autocast dtype ourselves."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+# ---------------------------------------------------------------- public ops
+def idconv(x, weight, bias=None, backend=None):
+    """Per-sample depthwise convolution (the IDConv of TransXNet), stride 1, zero padding K//2.
+
+    x (B, C, H, W), weight (B, C, K, K) with K odd, bias (B, C) or None -> (B, C, H, W):
+    y[b,c,h,w] = bias[b,c] + sum_ij weight[b,c,i,j] * x[b,c,h+i-K//2,w+j-K//2].
+    Differentiable in x, weight and bias. `backend` overrides the global choice (see set_backend).
+    """
+    _checks.check_idconv(x, weight, bias)
+    x, weight, bias = _autocast(x, weight, bias)
+    name = backends.resolve(backend, x.device.type)
+    _checks.check_gpu_kernel_size(weight, name)
+    if name == "reference":
+        return reference.idconv(x, weight, bias)
+    return _op("idconv" + _SUFFIX[name])(x, weight, bias)
+
+
+def _bias_4d(bias, q, k):
+    """Lift a bias broadcastable to (B, H, N, M) to the kernels' (1|B, 1|H, N, M) form (autograd sums back)."""
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    N, M = q.shape[2], k.shape[2]
+    if bias.shape[2] != N or bias.shape[3] != M:
+        bias = bias.expand(bias.shape[0], bias.shape[1], N, M)
+    return bias
+
+
+def osra_attention(q, k, v, bias=None, scale=None, backend=None):
+    """softmax(q k^T * scale + bias) v without keeping the attention matrix (the OSRA attention core).
+
+    q (B, heads, N, d), k and v (B, heads, M, d), bias broadcastable to (B, heads, N, M) or None,
+    scale defaults to d ** -0.5 -> (B, heads, N, d). Differentiable in q, k, v and bias.
+    """
+    _checks.check_osra_attention(q, k, v, bias)
+    q, k, v, bias = _autocast(q, k, v, bias)
+    name = backends.resolve(backend, q.device.type)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if name == "reference":
+        return reference.osra_attention(q, k, v, bias, scale)
+    if bias is not None:
+        bias = _bias_4d(bias, q, k)
+    out, _lse = _op("osra_attention" + _SUFFIX[name])(q, k, v, bias, scale)
+    return out
