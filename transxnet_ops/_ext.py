@@ -21,5 +21,19 @@ def has_cuda_kernels() -> bool:
     return _C is not None and bool(getattr(_C, "with_cuda", 0))
 
 
+def _load_triton_ops():
+    """Import the Triton kernels (defines the *_triton custom ops); returns why not, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    try:
+        from .triton import idconv, osra  # noqa: F401
+    except Exception as exc:  # a broken triton install must not break the package
+        return f"the Triton kernels failed to load ({type(exc).__name__}: {exc})"
+    return None
+
+
+TRITON_ERROR = _load_triton_ops()
+
+
 def has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return TRITON_ERROR is None

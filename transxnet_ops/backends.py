@@ -81,7 +81,7 @@ def resolve(name, device_type: str) -> str:
     if name not in available_backends(device_type):
         reason = _ext.LOAD_ERROR if name in ("cpu", "cuda") and _ext.LOAD_ERROR else (
             "the extension was built without CUDA" if name == "cuda" else
-            "triton is not installed" if not _ext.has_triton() else
+            _ext.TRITON_ERROR if not _ext.has_triton() else
             "Triton runs CPU tensors only under TRITON_INTERPRET=1")
         raise RuntimeError(f"backend {name!r} is not available on {device_type}: {reason}")
     return name

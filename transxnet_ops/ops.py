@@ -82,14 +82,8 @@ if _ext.has_cpu_kernels():
     _register_attention_autograd("")
 
 if _ext.has_triton():
-    try:
-        from .triton import idconv as _triton_idconv  # noqa: F401  (defines the *_triton ops)
-        from .triton import osra as _triton_osra  # noqa: F401
-
-        _register_idconv_autograd("_triton")
-        _register_attention_autograd("_triton")
-    except ImportError:  # triton present but unusable here: the backend reports itself unavailable
-        pass
+    _register_idconv_autograd("_triton")
+    _register_attention_autograd("_triton")
 
 _SUFFIX = {"cpu": "", "cuda": "", "triton": "_triton"}
 

@@ -1,0 +1,249 @@
+"""Drop-in modules: IDConv2d and OSRA (same parameters, buffers and state_dict keys as the official
+DynamicConv2d and Attention) and the TransXNet building blocks around them.
+
+Submodules that the official code builds with mmcv's ConvModule are ConvBN here: the same `conv` / `bn`
+attribute names (and no conv bias when a BatchNorm follows), so official state_dicts load unchanged.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops, reduce
+from .pooling import pool_and_mean
+
+
+class ConvBN(nn.Sequential):
+    """conv -> BatchNorm2d (-> GELU), laid out like mmcv's ConvModule with norm_cfg=BN2d."""
+
+    def __init__(self, in_dim, out_dim, kernel_size=1, stride=1, padding=0, groups=1, act=False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_dim)
+        if act:
+            self.activate = nn.GELU()
+
+
+class IDConv2d(nn.Module):
+    """Input-dependent depthwise conv (TransXNet's IDConv, official name DynamicConv2d).
+
+    Per sample: pool x to KxK, two 1x1 convs, softmax over the G groups, weighted sum of G learnable KxK
+    kernels -> one depthwise kernel per (sample, channel); likewise a dynamic bias from the global mean.
+    The convolution itself is the fused `transxnet_ops.idconv`.
+    """
+
+    def __init__(self, dim, kernel_size=3, reduction_ratio=4, num_groups=2, bias=True, backend=None):
+        super().__init__()
+        if num_groups <= 1:
+            raise ValueError(f"num_groups must be > 1 (as in the official DynamicConv2d), got {num_groups}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.num_groups = num_groups
+        self.K = kernel_size
+        self.bias_type = bias
+        self.backend = backend
+        self.weight = nn.Parameter(torch.empty(num_groups, dim, kernel_size, kernel_size))
+        self.pool = nn.AdaptiveAvgPool2d(output_size=(kernel_size, kernel_size))  # kept for API parity
+        self.proj = nn.Sequential(ConvBN(dim, dim // reduction_ratio, act=True),
+                                  nn.Conv2d(dim // reduction_ratio, dim * num_groups, kernel_size=1))
+        self.bias = nn.Parameter(torch.empty(num_groups, dim)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        if self.bias is not None:
+            nn.init.trunc_normal_(self.bias, std=0.02)
+
+    def dynamic_weight_and_bias(self, x):
+        """The per-sample kernels (B, C, K, K) and bias (B, C) or None."""
+        B, C = x.shape[:2]
+        G, K = self.num_groups, self.K
+        pooled, mean = pool_and_mean(x, K)  # one pass over x for both
+        # The official code runs proj twice (KxK map, then global mean): BN statistics/updates follow that order.
+        scale = torch.softmax(self.proj(pooled).reshape(B, G, C, K, K), dim=1)
+        # sum over groups without materialising the (B, G, C, K, K) product
+        weight = torch.einsum("bgckl,gckl->bckl", scale, self.weight.to(scale.dtype))
+        bias = None
+        if self.bias is not None:
+            scale = torch.softmax(self.proj(mean.reshape(B, C, 1, 1)).reshape(B, G, C), dim=1)
+            bias = torch.einsum("bgc,gc->bc", scale, self.bias.to(scale.dtype))
+        return weight, bias
+
+    def forward(self, x):
+        weight, bias = self.dynamic_weight_and_bias(x)
+        return ops.idconv(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), backend=self.backend)
+
+
+class OSRA(nn.Module):
+    """Overlapping spatial reduction attention (official name Attention).
+
+    Queries at full resolution; keys/values from an overlapping strided depthwise reduction of x; an
+    additive relative-position bias; the attention core is the fused `transxnet_ops.osra_attention`.
+    """
+
+    def __init__(self, dim, num_heads=1, qk_scale=None, attn_drop=0.0, sr_ratio=1, backend=None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.sr_ratio = sr_ratio
+        self.backend = backend
+        self.q = nn.Conv2d(dim, dim, kernel_size=1)
+        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        if sr_ratio > 1:
+            self.sr = nn.Sequential(
+                ConvBN(dim, dim, sr_ratio + 3, sr_ratio, (sr_ratio + 3) // 2, groups=dim, act=True),
+                ConvBN(dim, dim, 1, groups=dim))
+        else:
+            self.sr = nn.Identity()
+        self.local_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+
+    def forward(self, x, relative_pos_enc=None):
+        B, C, H, W = x.shape
+        heads = self.num_heads
+        q = self.q(x).reshape(B, heads, C // heads, -1).transpose(-1, -2)
+        kv = reduce.reduce_keys(x, self.sr, self.local_conv, self.sr_ratio)
+        k, v = torch.chunk(self.kv(kv), chunks=2, dim=1)
+        k = k.reshape(B, heads, C // heads, -1).transpose(-1, -2)
+        v = v.reshape(B, heads, C // heads, -1).transpose(-1, -2)
+        N, M = q.shape[2], k.shape[2]
+        if relative_pos_enc is not None and relative_pos_enc.shape[2:] != (N, M):
+            relative_pos_enc = F.interpolate(relative_pos_enc, size=(N, M), mode="bicubic", align_corners=False)
+        if self.training and self.attn_drop.p > 0:
+            # dropout on the probabilities needs the full matrix: the official math path
+            attn = (q @ k.transpose(-1, -2)) * self.scale
+            if relative_pos_enc is not None:
+                attn = attn + relative_pos_enc
+            out = self.attn_drop(torch.softmax(attn, dim=-1)) @ v
+        else:
+            bias = None if relative_pos_enc is None else relative_pos_enc.to(q.dtype)
+            out = ops.osra_attention(q, k, v, bias, scale=self.scale, backend=self.backend)
+        return out.transpose(-1, -2).reshape(B, C, H, W)
+
+
+class DMixer(nn.Module):
+    """Dual dynamic token mixer (official HybridTokenMixer): IDConv on one half, OSRA on the other, then STE."""
+
+    def __init__(self, dim, kernel_size=3, num_groups=2, num_heads=1, sr_ratio=1, reduction_ratio=8, backend=None):
+        super().__init__()
+        if dim % 2 != 0:
+            raise ValueError(f"dim must be even, got {dim}")
+        self.local_unit = IDConv2d(dim // 2, kernel_size=kernel_size, num_groups=num_groups, backend=backend)
+        self.global_unit = OSRA(dim // 2, num_heads=num_heads, sr_ratio=sr_ratio, backend=backend)
+        inner_dim = max(16, dim // reduction_ratio)
+        self.proj = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim), nn.GELU(), nn.BatchNorm2d(dim),
+            nn.Conv2d(dim, inner_dim, kernel_size=1), nn.GELU(), nn.BatchNorm2d(inner_dim),
+            nn.Conv2d(inner_dim, dim, kernel_size=1), nn.BatchNorm2d(dim))
+
+    def forward(self, x, relative_pos_enc=None):
+        x1, x2 = torch.chunk(x, chunks=2, dim=1)
+        x = torch.cat([self.local_unit(x1), self.global_unit(x2, relative_pos_enc)], dim=1)
+        return self.proj(x) + x  # STE
+
+
+HybridTokenMixer = DMixer  # the official name
+
+
+class MultiScaleDWConv(nn.Module):
+    """Depthwise convs of sizes 1, 3, 5, 7 on four channel splits (the first split takes the remainder)."""
+
+    def __init__(self, dim, scale=(1, 3, 5, 7)):
+        super().__init__()
+        self.scale = scale
+        self.channels = [dim - dim // len(scale) * (len(scale) - 1)] + [dim // len(scale)] * (len(scale) - 1)
+        self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
+
+    def forward(self, x):
+        return torch.cat([conv(part) for conv, part in zip(self.proj, torch.split(x, self.channels, dim=1))], dim=1)
+
+
+class MSFFN(nn.Module):
+    """Multi-scale feed-forward network (official Mlp)."""
+
+    def __init__(self, in_features, hidden_features=None, drop=0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Sequential(nn.Conv2d(in_features, hidden_features, 1, bias=False), nn.GELU(),
+                                 nn.BatchNorm2d(hidden_features))
+        self.dwconv = MultiScaleDWConv(hidden_features)
+        self.act = nn.GELU()
+        self.norm = nn.BatchNorm2d(hidden_features)
+        self.fc2 = nn.Sequential(nn.Conv2d(hidden_features, in_features, 1, bias=False), nn.BatchNorm2d(in_features))
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        x = self.fc1(x)
+        x = self.norm(self.act(self.dwconv(x) + x))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale and shift, stored as the official 1x1 depthwise conv parameters."""
+
+    def __init__(self, dim, init_value=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, 1, 1, 1) * init_value)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """DPE (7x7 depthwise residual) -> GN -> D-Mixer (layer scale, drop path) -> GN -> MS-FFN (likewise)."""
+
+    def __init__(self, dim=64, kernel_size=3, sr_ratio=1, num_groups=2, num_heads=1, mlp_ratio=4, drop=0.0,
+                 drop_path=0.0, layer_scale_init_value=1e-5, grad_checkpoint=False, backend=None):
+        super().__init__()
+        self.grad_checkpoint = grad_checkpoint
+        self.pos_embed = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.token_mixer = DMixer(dim, kernel_size=kernel_size, num_groups=num_groups, num_heads=num_heads,
+                                  sr_ratio=sr_ratio, backend=backend)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = MSFFN(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if layer_scale_init_value is not None:
+            self.layer_scale_1 = LayerScale(dim, layer_scale_init_value)
+            self.layer_scale_2 = LayerScale(dim, layer_scale_init_value)
+        else:
+            self.layer_scale_1 = self.layer_scale_2 = nn.Identity()
+
+    def _forward(self, x, relative_pos_enc=None):
+        x = x + self.pos_embed(x)
+        x = x + self.drop_path(self.layer_scale_1(self.token_mixer(self.norm1(x), relative_pos_enc)))
+        return x + self.drop_path(self.layer_scale_2(self.mlp(self.norm2(x))))
+
+    def forward(self, x, relative_pos_enc=None):
+        if self.grad_checkpoint and x.requires_grad:
+            return torch.utils.checkpoint.checkpoint(self._forward, x, relative_pos_enc, use_reentrant=False)
+        return self._forward(x, relative_pos_enc)
+
+
+class PatchEmbed(nn.Module):
+    """Strided conv + BN (stem and downsampling), keys proj.conv / proj.bn as in the official code."""
+
+    def __init__(self, patch_size=16, stride=16, padding=0, in_chans=3, embed_dim=768):
+        super().__init__()
+        self.proj = ConvBN(in_chans, embed_dim, patch_size, stride, padding)
+
+    def forward(self, x):
+        return self.proj(x)
