@@ -65,8 +65,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_backward_impl(
   TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
               "osra_attention_backward: grad_out and out must be shaped like q");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
-                  lse.size(2) == q.size(2) && lse.scalar_type() == at::kFloat,
-              "osra_attention_backward: lse must be float32 (B, H, N), got ", lse.sizes());
+                  lse.size(2) == q.size(2) &&
+                  lse.scalar_type() == (q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
+              "osra_attention_backward: lse must be (B, H, N) in float32 (float64 for float64 inputs), got ",
+              lse.sizes(), " ", lse.scalar_type());
   return bwd(grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), contiguous_opt(bias),
              out.contiguous(), lse.contiguous(), scale, bias_requires_grad);
 }

@@ -11,7 +11,7 @@ Autograd is registered here, once, for all of them; the backward of each is its 
 """
 import torch
 
-from . import _checks, _ext, backends, reference
+from . import _checks, _ext, _fakes, backends, reference
 
 _NS = "transxnet_ops"
 
@@ -58,22 +58,10 @@ def _register_attention_autograd(suffix):
 
 
 def _register_native_fakes():
-    @torch.library.register_fake(f"{_NS}::idconv")
-    def _(x, weight, bias):
-        return x.new_empty(x.shape)
-
-    @torch.library.register_fake(f"{_NS}::idconv_backward")
-    def _(grad_y, x, weight):
-        return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(x.shape[:2])
-
-    @torch.library.register_fake(f"{_NS}::osra_attention")
-    def _(q, k, v, bias, scale):
-        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
-
-    @torch.library.register_fake(f"{_NS}::osra_attention_backward")
-    def _(grad_out, q, k, v, bias, out, lse, scale, bias_requires_grad):
-        grad_bias = bias.new_empty(bias.shape) if bias is not None and bias_requires_grad else q.new_empty(0)
-        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_bias
+    for name, fake in [("idconv", _fakes.idconv_fake), ("idconv_backward", _fakes.idconv_backward_fake),
+                       ("osra_attention", _fakes.osra_attention_fake),
+                       ("osra_attention_backward", _fakes.osra_attention_backward_fake)]:
+        torch.library.register_fake(f"{_NS}::{name}", fake)
 
 
 if _ext.has_cpu_kernels():

@@ -1,7 +1,8 @@
 // OSRA attention core: out = softmax(q k^T * scale + bias) v, flash-style.
 //   q (B,H,N,D), k and v (B,H,M,D), bias (Bb,Hb,N,M) with Bb in {1,B}, Hb in {1,H} (broadcast over
 //   batch / heads when 1). The device entry points receive tensors checked by check_attn_inputs
-//   (ops.cpp) and made contiguous. Forward returns (out (B,H,N,D) in q's dtype, lse (B,H,N) float32),
+//   (ops.cpp) and made contiguous. Forward returns (out (B,H,N,D) in q's dtype, lse (B,H,N) in the accumulation
+//   type: float64 for float64 inputs, else float32),
 //   lse = log-sum-exp of each score row, saved so backward recomputes the probabilities without ever
 //   storing the N x M matrix.
 #pragma once

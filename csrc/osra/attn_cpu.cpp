@@ -55,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> osra_attention_forward_cpu(const at::Tensor& 
   const Dims s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3),
                bias ? bias->size(0) : 1, bias ? bias->size(1) : 1};
   auto out = at::empty_like(q, at::MemoryFormat::Contiguous);
-  auto lse = at::empty({s.B, s.H, s.N}, q.options().dtype(at::kFloat));
+  auto lse = at::empty({s.B, s.H, s.N}, q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   const int64_t rows = rows_per_chunk(s.B * s.H, s.N);
   const int64_t chunks = (s.N + rows - 1) / rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "osra_attention_forward_cpu", [&] {
@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> osra_attention_forward_cpu(const at::Tensor& 
     const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
     const scalar_t* bp = bias ? bias->data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
-    float* lp = lse.data_ptr<float>();
+    acc_t* lp = lse.data_ptr<acc_t>();
     at::parallel_for(0, s.B * s.H * chunks, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scores(s.M), acc(s.D);
       for (int64_t task = begin; task < end; ++task) {
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> osra_attention_forward_cpu(const at::Tensor& 
             for (int64_t d = 0; d < s.D; ++d) acc[d] += p * static_cast<acc_t>(vb[m * s.D + d]);
           }
           for (int64_t d = 0; d < s.D; ++d) op[row * s.D + d] = static_cast<scalar_t>(acc[d] / sum);
-          lp[row] = static_cast<float>(mx + std::log(sum));
+          lp[row] = mx + std::log(sum);
         }
       }
     });
@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> osra_attention_backwa
     const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
     const scalar_t *gop = grad_out.data_ptr<scalar_t>(), *op = out.data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? bias->data_ptr<scalar_t>() : nullptr;
-    const float* lp = lse.data_ptr<float>();
+    const acc_t* lp = lse.data_ptr<acc_t>();
     scalar_t* gqp = grad_q.data_ptr<scalar_t>();
     scalar_t* gbp = want_gbias ? grad_bias.data_ptr<scalar_t>() : nullptr;
     std::vector<acc_t> dk_part(s.B * s.H * chunks * s.M * s.D), dv_part(dk_part.size());
@@ -145,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> osra_attention_backwa
             const scalar_t *kb = kp + bh * s.M * s.D, *vb = vp + bh * s.M * s.D;
             const scalar_t *qr = qp + row * s.D, *gor = gop + row * s.D;
             score_row<scalar_t, acc_t>(qr, kb, bp ? bp + s.bias_row(b, h, n) : nullptr, sc, s, p.data());
-            const acc_t row_lse = static_cast<acc_t>(lp[row]);
+            const acc_t row_lse = lp[row];
             const acc_t delta = dot<scalar_t, acc_t>(gor, op + row * s.D, s.D);
             std::fill(dq.begin(), dq.end(), acc_t(0));
             acc_t* dkp = dk_part.data() + (bh * chunks + chunk) * s.M * s.D;
