@@ -8,11 +8,6 @@ import triton.language as tl
 
 
 @triton.jit
-def _acc_type(IS_FP64: tl.constexpr):
-    return tl.float64 if IS_FP64 else tl.float32
-
-
-@triton.jit
 def _dot(a, b, IS_FP32: tl.constexpr):
     if IS_FP32:
         return tl.dot(a, b, input_precision="ieee")
@@ -24,7 +19,7 @@ def _scores(q, k_ptrs, kv_mask, bias_ptrs, offs_n, offs_m, N, M, scale,
             HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr):
     """scale * q k^T + bias for one (query block, key block) tile; keys past M are -inf."""
     k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    s = _dot(q, tl.trans(k), IS_FP32).to(_acc_type(IS_FP64)) * scale
+    s = _dot(q, tl.trans(k), IS_FP32).to((tl.float64 if IS_FP64 else tl.float32)) * scale
     if HAS_BIAS:
         s += tl.load(bias_ptrs, mask=(offs_n < N)[:, None] & (offs_m < M)[None, :], other=0.0).to(s.dtype)
     return tl.where((offs_m < M)[None, :], s, float("-inf"))
@@ -41,7 +36,7 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, N, M, D, H, scale
     d_ok = offs_d < D
     q = tl.load(q_ptr + bh * N * D + offs_n[:, None] * D + offs_d[None, :],
                 mask=(offs_n < N)[:, None] & d_ok[None, :], other=0.0)
-    acc_ty = _acc_type(IS_FP64)
+    acc_ty = (tl.float64 if IS_FP64 else tl.float32)
     m_i = tl.full([BLOCK_N], float("-inf"), dtype=acc_ty)
     l_i = tl.zeros([BLOCK_N], dtype=acc_ty)
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=acc_ty)
@@ -96,7 +91,7 @@ def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, dq_p
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     q, do, lse, delta = _load_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, offs_n, offs_d, N, D)
-    dq = tl.zeros([BLOCK_N, BLOCK_D], dtype=_acc_type(IS_FP64))
+    dq = tl.zeros([BLOCK_N, BLOCK_D], dtype=(tl.float64 if IS_FP64 else tl.float32))
     bias_row = bias_ptr + (bh // H) * bias_sb + (bh % H) * bias_sh + offs_n[:, None] * bias_sn
     for start in range(0, M, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
@@ -121,7 +116,7 @@ def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, dk
     offs_d = tl.arange(0, BLOCK_D)
     kv_off = bh * M * D + offs_m[:, None] * D + offs_d[None, :]
     kv_mask = (offs_m < M)[:, None] & (offs_d < D)[None, :]
-    acc_ty = _acc_type(IS_FP64)
+    acc_ty = (tl.float64 if IS_FP64 else tl.float32)
     dk = tl.zeros([BLOCK_M, BLOCK_D], dtype=acc_ty)
     dv = tl.zeros([BLOCK_M, BLOCK_D], dtype=acc_ty)
     bias_base = bias_ptr + (bh // H) * bias_sb + (bh % H) * bias_sh
@@ -151,7 +146,7 @@ def _attn_bwd_dbias(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, d
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=_acc_type(IS_FP64))
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=(tl.float64 if IS_FP64 else tl.float32))
     for pb in range(pairs_b):
         for ph in range(pairs_h):
             b = bb + pb  # pairs_b > 1 only when the bias batch is 1 (bb = 0); likewise for heads
