@@ -45,7 +45,7 @@ def _extensions():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*_cpu.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    cxx_flags = ["-O3", "-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     link_args = ["-fopenmp"]
     if not with_cuda:
@@ -60,7 +60,7 @@ def _extensions():
         nv_inc = os.path.join(sp, "nvidia", "cu13", "include")
         if os.path.isdir(nv_inc):
             include_dirs.append(nv_inc)
-    sources = cpp_sources + sorted(glob.glob("csrc/*/*_cuda.cpp") + glob.glob("csrc/*/*_cuda.cu"))
+    sources = cpp_sources + sorted(glob.glob("csrc/*/*_cuda_bind.cpp") + glob.glob("csrc/*/*_cuda.cu"))
     nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
     return [CUDAExtension("transxnet_ops._C", sources, include_dirs=include_dirs,
                           define_macros=[("TRANSXNET_WITH_CUDA", None)],

@@ -1,0 +1,185 @@
+"""Shared benchmark helpers: timing (GPU: triton do_bench-style CUDA events; CPU: torch.utils.benchmark),
+rotating inputs, peak memory, bandwidth roofline, and result writers (JSON, markdown, PNG)."""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Peak DRAM bandwidth (GB/s) of known GPUs, for the roofline column.
+GPU_PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L40S": 864.0, "RTX 4090": 1008.0}
+
+
+def parse_args(description, extra=None):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="a small set of shapes, few repetitions")
+    p.add_argument("--dtypes", default=None, help="comma list: float32,bfloat16,float16")
+    p.add_argument("--out", default=RESULTS_DIR, help="folder for JSON / markdown / PNG results")
+    if extra:
+        extra(p)
+    args = p.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    default = "float32" if args.device == "cpu" else "float32,bfloat16"
+    args.dtypes = [getattr(torch, d) for d in (args.dtypes or default).split(",")]
+    return args
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+class Rotating:
+    """Cycles through copies of the inputs so that every call reads cold memory (working set > L2 on GPU)."""
+
+    def __init__(self, make_inputs, device, min_bytes=256 << 20, max_copies=32):
+        first = make_inputs()
+        size = sum(t.numel() * t.element_size() for t in first if isinstance(t, torch.Tensor))
+        copies = 1 if device == "cpu" else max(1, min(max_copies, min_bytes // max(size, 1)))
+        self.sets = [first] + [make_inputs() for _ in range(copies - 1)]
+        self.i = 0
+
+    def next(self):
+        self.i = (self.i + 1) % len(self.sets)
+        return self.sets[self.i]
+
+
+def time_fn(fn, rotating, device, quick):
+    """Median and 20/80% quantiles in milliseconds of fn(*inputs), inputs rotating between calls."""
+    if device == "cuda":
+        for _ in range(3):
+            fn(*rotating.next())
+        torch.cuda.synchronize()
+        reps = 20 if quick else 100
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            args = rotating.next()
+            s.record()
+            fn(*args)
+            e.record()
+        torch.cuda.synchronize()
+        times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    else:
+        from torch.utils import benchmark
+
+        fn(*rotating.next())  # warm-up (and compile, for torch.compile baselines)
+        timer = benchmark.Timer("fn(*rot.next())", globals={"fn": fn, "rot": rotating})
+        measurement = timer.blocked_autorange(min_run_time=0.2 if quick else 1.0)
+        times = sorted(t * 1e3 for t in measurement.raw_times)
+    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
+    return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "runs": len(times)}
+
+
+def peak_memory_mb(fn, inputs, device):
+    """Peak memory allocated during one call beyond what was allocated before it (GPU only)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn(*inputs)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+_cpu_peak = None
+
+
+def peak_bandwidth_gbps(device):
+    """Roofline bandwidth: the datasheet value on known GPUs, a measured large copy on CPU."""
+    global _cpu_peak
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        return next((bw for key, bw in GPU_PEAK_GBPS.items() if key in name), None)
+    if _cpu_peak is None:
+        src = torch.empty(64 << 20, dtype=torch.uint8).random_()
+        dst = torch.empty_like(src)
+        t = time_fn(lambda a, b: b.copy_(a), Rotating(lambda: (src, dst), "cpu"), "cpu", quick=True)
+        _cpu_peak = 2 * src.numel() / (t["median_ms"] * 1e-3) / 1e9
+    return _cpu_peak
+
+
+def tensor_bytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def progress(items, desc):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, leave=False)
+    except ImportError:
+        return items
+
+
+def environment(device):
+    env = {"device": device_name(device), "torch": torch.__version__,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    return env
+
+
+def write_results(name, rows, columns, device, out_dir, plot=None):
+    """rows: list of dicts. Writes NAME_DEVICE.json, .md (table of `columns`) and .png (via plot(ax, rows))."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{name}_{device}")
+    env = environment(device)
+    with open(stem + ".json", "w") as f:
+        json.dump({"environment": env, "results": rows}, f, indent=1)
+    lines = [f"# {name} on {env['device']}", "",
+             f"torch {env['torch']}, triton {env['triton']}, {env['date']}. Median time (20-80% band in JSON).", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if plot is not None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(11, 5))
+            plot(ax, rows)
+            ax.set_title(f"{name} on {env['device']}")
+            fig.tight_layout()
+            fig.savefig(stem + ".png", dpi=110)
+            plt.close(fig)
+        except ImportError:
+            print("matplotlib not installed: no plot")
+    print(f"results: {stem}.json / .md" + (" / .png" if plot else ""))
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+
+def bar_plot(ax, rows, label_key, impl_key, value_key, ylabel):
+    """Grouped bars: one group per label, one bar per implementation."""
+    labels = list(dict.fromkeys(r[label_key] for r in rows))
+    impls = list(dict.fromkeys(r[impl_key] for r in rows))
+    width = 0.8 / max(len(impls), 1)
+    for i, impl in enumerate(impls):
+        vals = {r[label_key]: r[value_key] for r in rows if r[impl_key] == impl}
+        ax.bar([x + i * width for x in range(len(labels))], [vals.get(l, 0) or 0 for l in labels], width, label=impl)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
