@@ -57,13 +57,13 @@ def available_backends(device="cpu") -> list:
     """Concrete backends that can run on `device` here (always includes "reference")."""
     device_type = device if isinstance(device, str) else device.type
     device_type = device_type.split(":")[0]
-    names = []
+    names = []  # fastest first: "auto" takes the first
     if device_type == "cuda" and _ext.has_cuda_kernels():
         names.append("cuda")
-    if _triton_runs_on(device_type):
-        names.append("triton")
     if device_type == "cpu" and _ext.has_cpu_kernels():
         names.append("cpu")
+    if _triton_runs_on(device_type):
+        names.append("triton")  # on CPU only the (slow) interpreter: after the C++ kernels
     names.append("reference")
     return names
 

@@ -32,17 +32,18 @@ def _idconv_fwd(x_ptr, w_ptr, b_ptr, y_ptr, H, W,
     """
     plane, _, offs_h, offs_w = _tile_coords(tl.program_id(0), H, W, BLOCK_H, BLOCK_W)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float64 if IS_FP64 else tl.float32)
-    x_plane = x_ptr + plane * H * W
+    # Pointers of the output tile's own positions; tap (i, j) reads them shifted by one scalar offset.
+    x_tile = x_ptr + plane * H * W + offs_h[:, None] * W + offs_w[None, :]
     w_plane = w_ptr + plane * K * K
     P: tl.constexpr = K // 2
     # Rows as a runtime loop, columns unrolled: full unrolling of K*K taps would blow up compile time at K=31.
     for i in range(K):
-        ih = offs_h + i - P
+        ih = offs_h + (i - P)
         row_ok = (ih >= 0) & (ih < H)
         for j in tl.static_range(K):
-            iw = offs_w + j - P
+            iw = offs_w + (j - P)
             mask = row_ok[:, None] & ((iw >= 0) & (iw < W))[None, :]
-            xv = tl.load(x_plane + ih[:, None] * W + iw[None, :], mask=mask, other=0.0)
+            xv = tl.load(x_tile + ((i - P) * W + (j - P)), mask=mask, other=0.0)
             if FLIP:
                 wv = tl.load(w_plane + (K - 1 - i) * K + (K - 1 - j))
             else:
@@ -62,21 +63,21 @@ def _idconv_bwd_dw(gy_ptr, x_ptr, partial_ptr, H, W,
     partial[plane, tile, K*K] = sum(grad_y). Every entry is written, so the buffer needs no zeroing;
     _idconv_bwd_reduce sums the tiles in a fixed order (deterministic, no atomics)."""
     pid = tl.program_id(0)
-    plane, tile, offs_h, offs_w = _tile_coords(pid, H, W, BLOCK_H, BLOCK_W)
+    plane, _, offs_h, offs_w = _tile_coords(pid, H, W, BLOCK_H, BLOCK_W)
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     out_mask = (offs_h < H)[:, None] & (offs_w < W)[None, :]
     gy = tl.load(gy_ptr + plane * H * W + offs_h[:, None] * W + offs_w[None, :], mask=out_mask, other=0.0)
     gy = gy.to(acc_ty)
-    x_plane = x_ptr + plane * H * W
+    x_tile = x_ptr + plane * H * W + offs_h[:, None] * W + offs_w[None, :]
     out = partial_ptr + pid.to(tl.int64) * (K * K + 1)  # pid = plane * n_tiles + tile
     P: tl.constexpr = K // 2
     for i in range(K):
-        ih = offs_h + i - P
+        ih = offs_h + (i - P)
         row_ok = (ih >= 0) & (ih < H)
         for j in tl.static_range(K):
-            iw = offs_w + j - P
+            iw = offs_w + (j - P)
             mask = row_ok[:, None] & ((iw >= 0) & (iw < W))[None, :]
-            xv = tl.load(x_plane + ih[:, None] * W + iw[None, :], mask=mask, other=0.0).to(acc_ty)
+            xv = tl.load(x_tile + ((i - P) * W + (j - P)), mask=mask, other=0.0).to(acc_ty)
             tl.store(out + i * K + j, tl.sum(tl.sum(gy * xv, axis=1), axis=0))
     tl.store(out + K * K, tl.sum(tl.sum(gy, axis=1), axis=0))
 

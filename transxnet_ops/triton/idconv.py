@@ -15,11 +15,20 @@ from ._idconv_kernels import _idconv_bwd_dw, _idconv_bwd_reduce, _idconv_fwd
 from ._register import kernel_op
 
 
+def _pow2_at_least(n, cap):
+    """min(cap, next power of two >= n) by comparisons only: under torch.compile with dynamic shapes n is a
+    SymInt, and this guards on a size bucket (e.g. n > 8) instead of specialising on n."""
+    p = 1
+    while p < cap and p < n:
+        p *= 2
+    return p
+
+
 def _config(H, W):
     """Tile and warp count: tiles up to 16 x 64 (one TransXNet 56-wide row fits one tile row); small maps
     (7x7, 14x14) get a matching small tile and fewer warps instead of idle threads."""
-    block_h = min(16, triton.next_power_of_2(H))
-    block_w = min(64, triton.next_power_of_2(W))
+    block_h = _pow2_at_least(H, 16)
+    block_w = _pow2_at_least(W, 64)
     elems = block_h * block_w
     num_warps = 4 if elems >= 512 else 2 if elems >= 128 else 1
     n_tiles = triton.cdiv(H, block_h) * triton.cdiv(W, block_w)
@@ -29,7 +38,7 @@ def _config(H, W):
 def _launch_conv(x, weight, bias, y, flip):
     """y <- bias + x (*) weight (flipped if `flip`), every element of y written. All tensors contiguous."""
     B, C, H, W = x.shape
-    K = weight.shape[-1]
+    K = int(weight.shape[-1])  # a constexpr of the kernel: specialise on it under dynamic shapes
     cfg, n_tiles = _config(H, W)
     wrap_triton(_idconv_fwd)[(B * C * n_tiles,)](
         x, weight, bias if bias is not None else x, y, H, W,  # x stands in for the absent bias pointer
@@ -39,7 +48,7 @@ def _launch_conv(x, weight, bias, y, flip):
 def _launch_grad_weight(grad_y, x, partial, grad_weight, grad_bias):
     """grad_weight, grad_bias <- per-tile partial sums (written into `partial`), reduced over tiles."""
     B, C, H, W = x.shape
-    K = grad_weight.shape[-1]
+    K = int(grad_weight.shape[-1])
     cfg, n_tiles = _config(H, W)
     is_fp64 = x.dtype == torch.float64
     wrap_triton(_idconv_bwd_dw)[(B * C * n_tiles,)](grad_y, x, partial, H, W, K=K, IS_FP64=is_fp64, **cfg)
