@@ -69,6 +69,7 @@ def _extensions():
 
 
 def main():
+    ext_modules = _extensions()  # first: it fixes CUDA_HOME before torch.utils.cpp_extension reads it
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
@@ -76,7 +77,7 @@ def main():
         version="0.1.0",
         description="Fused IDConv and OSRA kernels (C++/CUDA/Triton) for the TransXNet backbone",
         packages=find_packages(include=["transxnet_ops", "transxnet_ops.*"]),
-        ext_modules=_extensions(),
+        ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
         python_requires=">=3.9",
         install_requires=["torch>=2.6"],
