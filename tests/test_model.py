@@ -1,21 +1,35 @@
-"""TransXNet-T/S/B: official state_dict layout, parameter counts, and the official outputs."""
+"""TransXNet-T/S/B: official state_dict layout, parameter counts, official outputs, other input sizes.
+
+Ground truth: tests/data/transxnet_{t,s,b}_state_dict_keys.json (key -> shape of the official
+models/transxnet.py at LMMMEng/TransXNet commit ce2c73d), tests/data/official_tiny_transxnet.pt (a tiny
+random-weight model run through that code), and tests/official_reference.py (official IDConv/OSRA math).
+Full-size forwards pin a fast backend: under TRITON_INTERPRET=1 "auto" could pick the (slow) interpreter.
+"""
 import json
 import os
 
 import pytest
 import torch
+from torch import nn
 
 import transxnet_ops
+from official_reference import to_official
+from transxnet_ops import IDConv2d, OSRA
+from transxnet_ops.convert import convert
 from transxnet_ops.models import TransXNet, transxnet_b, transxnet_s, transxnet_t
-from utils import backend_device_pairs, rel_err
+from utils import rel_err
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # Paper (ImageNet-1K, 224px): T 12.8M, S 26.9M, B 48.0M; exact counts of the official code at commit ce2c73d.
 PARAMS = {"t": 12_834_808, "s": 26_864_068, "b": 48_009_002}
 BUILDERS = {"t": transxnet_t, "s": transxnet_s, "b": transxnet_b}
-# Whole-model runs on CPU use the C++ kernels and the reference; the Triton interpreter is far too slow for a
-# model (the op tests cover Triton there).
-BACKENDS = [b for b, d in backend_device_pairs() if d == "cpu" and b != "triton"] + ["reference"]
+BACKENDS = transxnet_ops.available_backends("cpu")
+FAST = "cpu" if "cpu" in BACKENDS else "reference"
+
+
+def official_keys(arch):
+    with open(os.path.join(DATA, f"transxnet_{arch}_state_dict_keys.json")) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +44,81 @@ def build_tiny(tiny, backend):
     return model
 
 
+def randomize_(model, seed=0):
+    """Random weights everywhere and random BN statistics. Layer scales and position encodings get O(1)
+    values so that every token mixer visibly moves the output (a mistake in one must show)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if "running_var" in name or "norm" in name and name.endswith("weight"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif "layer_scale" in name and name.endswith("weight"):
+                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.5)
+            elif "relative_pos_enc" in name:
+                t.copy_(torch.randn(t.shape, generator=g))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * (0.05 if t.dim() > 1 else 0.2))
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ layout
 @pytest.mark.parametrize("arch", "tsb")
 def test_state_dict_layout_and_parameter_count(arch):
     model = BUILDERS[arch]()
-    official = json.load(open(os.path.join(DATA, f"transxnet_{arch}_state_dict_keys.json")))
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert list(ours) == list(official)
-    assert ours == official
+    official = official_keys(arch)
+    assert list(ours) == list(official)  # same keys, same order
+    assert ours == official               # same shapes
     assert sum(p.numel() for p in model.parameters()) == PARAMS[arch]
 
 
+def test_position_encodings_and_network_layout():
+    model = transxnet_t()
+    shapes = [tuple(p.shape) for p in model.relative_pos_enc]
+    assert shapes == [(1, 1, 3136, 49), (1, 2, 784, 49), (1, 4, 196, 49), (1, 8, 49, 49)]
+    kinds = [type(m).__name__ for m in model.network]
+    assert kinds == ["ModuleList", "PatchEmbed"] * 3 + ["ModuleList"]
+    assert [len(model.network[i]) for i in (0, 2, 4, 6)] == [3, 3, 9, 3]
+    assert [type(m).__name__ for m in model.classifier] == ["GroupNorm", "AdaptiveAvgPool2d", "Conv2d"]
+    # non-square image_size, like the official to_2tuple
+    rect = TransXNet("t", image_size=(224, 160), num_classes=0)
+    assert rect.relative_pos_enc[0].shape == (1, 1, 56 * 40, 7 * 5)
+
+
+def test_official_init():
+    model = transxnet_t(num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    weights = torch.cat([m.weight.flatten() for m in convs])
+    assert abs(weights.std().item() - 0.02) < 2e-3  # trunc_normal_(std=0.02) (cut at +-2, i.e. never in practice)
+    assert all(m.bias is None or not m.bias.any() for m in convs)
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert all((m.weight == 1).all() and not m.bias.any() for m in norms)
+    assert all(not p.any() for p in model.relative_pos_enc)
+
+
+def test_drop_path_schedule():
+    model = transxnet_t(drop_path_rate=0.2)
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for i in (0, 2, 4, 6) for b in model.network[i]]
+    expected = [0.2 * i / 17 for i in range(18)]  # linear over all 18 blocks, as officially
+    assert rates == pytest.approx(expected) and isinstance(model.network[0][0].drop_path, nn.Identity)
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError):
+        TransXNet("bogus")
+
+
 def test_loads_official_format_state_dict_strictly():
-    official = json.load(open(os.path.join(DATA, "transxnet_t_state_dict_keys.json")))
-    state = {k: torch.randn(shape) if shape else torch.tensor(3) for k, shape in official.items()}
+    state = {k: torch.randn(shape) if shape else torch.tensor(3) for k, shape in official_keys("t").items()}
     model = transxnet_t()
     model.load_state_dict(state, strict=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k].to(v.dtype)), k
 
 
+# ------------------------------------------------------------------------------------------------ outputs
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_official_outputs_eval(tiny, backend):
     model = build_tiny(tiny, backend).eval()
@@ -65,20 +135,76 @@ def test_official_outputs_train_and_bn_updates(tiny, backend):
     after = model.state_dict()
     for k, v in tiny["state_dict_after_train"].items():
         if "running" in k or "num_batches" in k:
-            assert rel_err(after[k].double(), v.double()) < 1e-5 if v.is_floating_point() else torch.equal(after[k], v), k
+            if v.is_floating_point():
+                assert rel_err(after[k], v) < 1e-5, k
+            else:
+                assert torch.equal(after[k], v), k
 
 
-def test_transxnet_t_forward_backward_224():
-    model = transxnet_t(num_classes=10)
-    x = torch.randn(2, 3, 224, 224)
-    out = model(x)
+@pytest.fixture(scope="module")
+def tiny_t_pair():
+    """TransXNet-T with random weights (fast backend) and its twin built from the official-style IDConv/OSRA."""
+    torch.manual_seed(0)
+    model = randomize_(transxnet_t(num_classes=1000, backend=FAST)).eval()
+    twin = to_official(randomize_(transxnet_t(num_classes=1000))).eval()
+    return model, twin
+
+
+@pytest.mark.parametrize("size,batch", [(224, 2), (160, 1)])
+def test_transxnet_t_matches_official_units(tiny_t_pair, size, batch):
+    """At 224 (the encodings' own size) and at 160 (bicubic-resized encodings): same output as the official math."""
+    model, twin = tiny_t_pair
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (batch, 1000)
+        assert rel_err(out, twin(x)) < 1e-4
+
+
+def test_transxnet_t_train_forward_backward():
+    model = transxnet_t(num_classes=10, backend=FAST, drop_path_rate=0.1).train()
+    out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 10)
-    out.sum().backward()
-    grads = [p.grad for p in model.relative_pos_enc]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    out.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert all(p.grad.any() for p in model.relative_pos_enc)
 
 
 def test_odd_input_size():
-    model = transxnet_t(num_classes=5).eval()
+    model = transxnet_t(num_classes=5, backend=FAST).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 97, 131)).shape == (1, 5)
+
+
+def test_convert_official_style_transxnet():
+    """convert() on a whole model whose IDConv/OSRA are the official-style classes: identical outputs."""
+    model = to_official(randomize_(transxnet_t(num_classes=10))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        convert(model, backend=FAST)
+        assert sum(isinstance(m, IDConv2d) for m in model.modules()) == 18
+        assert sum(isinstance(m, OSRA) for m in model.modules()) == 18
+        assert all(m.backend == FAST for m in model.modules() if isinstance(m, (IDConv2d, OSRA)))
+        assert rel_err(model(x), expected) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ extras
+def test_fork_feat_backbone():
+    """Dense-prediction mode: official norm0/2/4/6 GroupNorms (Identity below start_level), four outputs."""
+    model = transxnet_t(fork_feat=True, start_level=1, backend=FAST).eval()
+    keys = {k: list(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: s for k, s in official_keys("t").items() if not k.startswith("classifier")}
+    expected.update({f"norm{i}.{p}": [c] for i, c in ((2, 96), (4, 224), (6, 448)) for p in ("weight", "bias")})
+    assert keys == expected
+    assert isinstance(model.norm0, nn.Identity) and not hasattr(model, "classifier")
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(1, 48, 16, 24), (1, 96, 8, 12), (1, 224, 4, 6), (1, 448, 2, 3)]
+
+
+def test_timm_registry():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("transxnet_t", num_classes=7, backend="reference")
+    assert isinstance(model, TransXNet) and model.classifier[-1].out_channels == 7

@@ -9,7 +9,8 @@ from ._ext import LOAD_ERROR as extension_load_error
 from .backends import available_backends, backend, set_backend
 from .ops import idconv, osra_attention
 from .nn import IDConv2d, OSRA
-from . import convert, models
+from . import models
+from .convert import convert  # the function (the submodule stays importable as transxnet_ops.convert)
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,9 @@ class IDConv2d(nn.Module):
     Per sample: pool x to KxK, two 1x1 convs, softmax over the G groups, weighted sum of G learnable KxK
     kernels -> one depthwise kernel per (sample, channel); likewise a dynamic bias from the global mean.
     The convolution itself is the fused `transxnet_ops.idconv`.
+
+    As officially, `proj` (and so its BatchNorm) runs twice per forward: on the KxK pooled map, then on the
+    global mean (bias=True only). In training both calls update the running statistics, in that order.
     """
 
     def __init__(self, dim, kernel_size=3, reduction_ratio=4, num_groups=2, bias=True, backend=None):
@@ -39,6 +42,7 @@ class IDConv2d(nn.Module):
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.num_groups = num_groups
         self.K = kernel_size
+        self.reduction_ratio = reduction_ratio
         self.bias_type = bias
         self.backend = backend
         self.weight = nn.Parameter(torch.empty(num_groups, dim, kernel_size, kernel_size))
@@ -78,6 +82,12 @@ class OSRA(nn.Module):
 
     Queries at full resolution; keys/values from an overlapping strided depthwise reduction of x; an
     additive relative-position bias; the attention core is the fused `transxnet_ops.osra_attention`.
+
+    `relative_pos_enc` (1, heads, N0, M0) is bicubic-resized (align_corners=False) to (N, M) when the input
+    size differs from the one it was made for, like the official code.
+    Dropout: the fused op never forms the attention matrix, so it cannot drop attention probabilities. With
+    attn_drop > 0 in training mode, forward falls back to the explicit (reference) math with dropout; in eval
+    mode, or with attn_drop == 0, the fused op runs.
     """
 
     def __init__(self, dim, num_heads=1, qk_scale=None, attn_drop=0.0, sr_ratio=1, backend=None):
@@ -112,7 +122,7 @@ class OSRA(nn.Module):
         if relative_pos_enc is not None and relative_pos_enc.shape[2:] != (N, M):
             relative_pos_enc = F.interpolate(relative_pos_enc, size=(N, M), mode="bicubic", align_corners=False)
         if self.training and self.attn_drop.p > 0:
-            # dropout on the probabilities needs the full matrix: the official math path
+            # dropout on the probabilities needs the full N x M matrix: the official math, unfused
             attn = (q @ k.transpose(-1, -2)) * self.scale
             if relative_pos_enc is not None:
                 attn = attn + relative_pos_enc
@@ -180,8 +190,12 @@ class MSFFN(nn.Module):
         return self.drop(self.fc2(self.drop(x)))
 
 
+Mlp = MSFFN  # the official name
+
+
 class LayerScale(nn.Module):
-    """Per-channel scale and shift, stored as the official 1x1 depthwise conv parameters."""
+    """Per-channel scale and shift, stored as the official 1x1 depthwise conv parameters:
+    weight (dim, 1, 1, 1) and bias (dim,); x * weight + bias equals that conv, without the conv launch."""
 
     def __init__(self, dim, init_value=1e-5):
         super().__init__()
@@ -193,7 +207,7 @@ class LayerScale(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample."""
+    """Stochastic depth: drop the whole residual branch per sample, scaling kept samples by 1 / (1 - p)."""
 
     def __init__(self, drop_prob=0.0):
         super().__init__()
@@ -205,6 +219,9 @@ class DropPath(nn.Module):
         keep = 1 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
         return x * mask / keep
+
+    def extra_repr(self):
+        return f"drop_prob={self.drop_prob}"
 
 
 class Block(nn.Module):
