@@ -4,6 +4,7 @@ then the whole OSRA module, fused vs reference. Forward and forward+backward, ti
 
     python benchmarks/bench_osra.py --quick
 """
+import math
 import os
 import sys
 
@@ -96,7 +97,7 @@ def main():
             torch.manual_seed(0)
             m = transxnet_ops.OSRA(dim, num_heads=heads, sr_ratio=sr, backend=name).to(device, dtype)
             modules["official (reference)" if name == "reference" else f"fused-{name}"] = m.train(mode != "fwd")
-        N, M = side * side, -(-side // sr) ** 2
+        N, M = side * side, math.ceil(side / sr) ** 2
         pos = torch.zeros(1, heads, N, M, device=device, dtype=dtype, requires_grad=True)
         impls_m = {n: (lambda m: lambda x, p: m(x, p))(m) for n, m in modules.items()}
 
