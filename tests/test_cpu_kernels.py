@@ -1,0 +1,216 @@
+"""The C++ CPU kernels called directly (torch.ops.transxnet_ops.*): edge shapes of their tiling, every gradient
+against float64 autograd of the reference math, float64 gradcheck through their own backward ops, determinism.
+
+Outputs are allocated with NaN fill (deterministic mode), so an element a kernel forgets to write fails."""
+import pytest
+import torch
+
+from transxnet_ops import _ext, reference
+
+pytestmark = pytest.mark.skipif(not _ext.has_cpu_kernels(), reason="the C++ extension is not built")
+ops = torch.ops.transxnet_ops
+
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _nan_filled_empty():
+    """torch.empty (also inside the kernels) returns NaN-filled memory while deterministic mode is on."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(was)
+
+
+def err(actual, expected):
+    """Relative norm error; absolute max error where the expected value is ~0 (e.g. gradients at M = 1)."""
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), "NaN/inf in the result (unwritten element?)"
+    if expected.norm() < 1e-6:
+        return (actual - expected).abs().max().item()
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+# ------------------------------------------------------------------------------------------------ IDConv
+# (B, C, H, W, K): every K the model uses and more; H/W < K; column-group edges (W = 16/17, 32/33, 64/65, 130);
+# H spanning several row blocks (300 x 70).
+IDCONV_SHAPES = [(1, 1, 5, 7, 1), (2, 3, 8, 8, 3), (1, 2, 9, 6, 5), (2, 2, 7, 7, 7), (1, 1, 11, 13, 9),
+                 (1, 2, 10, 12, 13), (1, 2, 3, 2, 7), (2, 1, 1, 1, 13), (1, 1, 6, 16, 3), (1, 1, 5, 17, 3),
+                 (1, 1, 4, 32, 5), (1, 1, 5, 33, 7), (1, 1, 3, 64, 3), (1, 1, 4, 65, 5), (1, 2, 9, 130, 7),
+                 (1, 1, 300, 70, 5)]
+
+
+def idconv_expected(x, w, b, grad_y):
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y = reference.idconv(xd, wd, bd)
+    y.backward(grad_y.double())
+    return y.detach(), xd.grad, wd.grad, bd.grad
+
+
+@pytest.mark.parametrize("shape", IDCONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_idconv_forward_backward(shape, dtype):
+    if dtype in (torch.bfloat16, torch.float16) and shape[2] * shape[3] > 5000:
+        pytest.skip("covered in float32/float64")
+    B, C, H, W, K = shape
+    x, w, b = torch.randn(B, C, H, W, dtype=dtype), torch.randn(B, C, K, K, dtype=dtype), torch.randn(B, C, dtype=dtype)
+    grad_y = torch.randn(B, C, H, W, dtype=dtype)
+    y = ops.idconv(x, w, b)
+    grads = ops.idconv_backward(grad_y, x, w)
+    expected = idconv_expected(x, w, b, grad_y)
+    for got, ref in zip((y, *grads), expected):
+        assert got.dtype == dtype and got.shape == ref.shape
+        assert err(got, ref) < TOL[dtype]
+
+
+def test_idconv_without_bias():
+    x, w = torch.randn(2, 3, 6, 5, dtype=torch.float64), torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert err(ops.idconv(x, w, None), reference.idconv(x, w)) < 1e-12
+
+
+class IDConvFn(torch.autograd.Function):
+    """The kernels' own forward/backward pair, independent of the package's autograd registration."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return ops.idconv(x, w, b)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return ops.idconv_backward(grad_y.contiguous(), *ctx.saved_tensors)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 4, 5, 1), (2, 1, 5, 4, 3), (1, 1, 2, 3, 5), (1, 1, 4, 18, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_idconv_gradcheck(shape):
+    B, C, H, W, K = shape
+    make = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    assert torch.autograd.gradcheck(IDConvFn.apply, (make(B, C, H, W), make(B, C, K, K), make(B, C)))
+
+
+def test_idconv_deterministic():
+    x, w, gy = torch.randn(2, 8, 40, 37), torch.randn(2, 8, 7, 7), torch.randn(2, 8, 40, 37)
+    first = ops.idconv_backward(gy, x, w)
+    for a, b in zip(first, ops.idconv_backward(gy, x, w)):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ attention
+# (B, H, N, M, D): N = 1, M = 1, sizes off the 8-row tiles and 16-wide register blocks, TransXNet's M = 49.
+ATTN_SHAPES = [(2, 1, 37, 49, 24), (1, 2, 1, 7, 16), (2, 2, 9, 1, 16), (1, 3, 20, 17, 20), (2, 1, 5, 130, 64),
+               (1, 1, 1, 1, 1)]
+BIAS_KINDS = [None, "1H", "BH", "11", "B1"]
+
+
+def make_attention(B, H, N, M, D, bias_kind, dtype):
+    q, k, v = (torch.randn(B, H, L, D, dtype=dtype) for L in (N, M, M))
+    bias = None
+    if bias_kind:
+        bias = torch.randn(B if bias_kind[0] == "B" else 1, H if bias_kind[1] == "H" else 1, N, M, dtype=dtype)
+    return q, k, v, bias
+
+
+def attention_expected(q, k, v, bias, scale, grad_out):
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    qd, kd, vd, bd = leaves
+    s = qd @ kd.transpose(-1, -2) * scale + (0 if bd is None else bd)
+    out = torch.softmax(s, -1) @ vd
+    out.backward(grad_out.double())
+    return out.detach(), torch.logsumexp(s, -1).detach(), [None if t is None else t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("bias_kind", BIAS_KINDS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_attention_forward_backward(shape, bias_kind, dtype):
+    q, k, v, bias = make_attention(*shape, bias_kind, dtype)
+    scale = 0.3
+    out, lse = ops.osra_attention(q, k, v, bias, scale)
+    grad_out = torch.randn_like(out)
+    grads = ops.osra_attention_backward(grad_out, q, k, v, bias, out, lse, scale, bias is not None)
+    exp_out, exp_lse, exp_grads = attention_expected(q, k, v, bias, scale, grad_out)
+    assert out.dtype == dtype and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    # bfloat16: the backward starts from the bfloat16-rounded `out` (delta = dO . O), as every flash backward does
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert err(out, exp_out) < tol and err(lse, exp_lse) < tol
+    for got, ref in zip(grads, exp_grads):
+        if ref is None:
+            assert got.numel() == 0
+        else:
+            assert got.dtype == dtype and got.shape == ref.shape
+            assert err(got, ref) < tol
+
+
+def test_attention_bias_grad_summed_over_batch():
+    """Bb = 1 with many query rows: the batch reduction runs over several row blocks and sub-blocks."""
+    q, k, v, bias = make_attention(3, 2, 300, 49, 24, "1H", torch.float64)
+    out, lse = ops.osra_attention(q, k, v, bias, 0.2)
+    grad_out = torch.randn_like(out)
+    grads = ops.osra_attention_backward(grad_out, q, k, v, bias, out, lse, 0.2, True)
+    exp_out, _, exp_grads = attention_expected(q, k, v, bias, 0.2, grad_out)
+    assert err(out, exp_out) < 1e-12
+    for got, ref in zip(grads, exp_grads):
+        assert err(got, ref) < 1e-12
+
+
+def test_attention_bias_without_grad():
+    q, k, v, bias = make_attention(2, 2, 10, 6, 16, "1H", torch.float32)
+    out, lse = ops.osra_attention(q, k, v, bias, 0.25)
+    grad_out = torch.randn_like(out)
+    grads = ops.osra_attention_backward(grad_out, q, k, v, bias, out, lse, 0.25, False)
+    _, _, exp_grads = attention_expected(q, k, v, bias, 0.25, grad_out)
+    assert grads[3].numel() == 0
+    for got, ref in zip(grads[:3], exp_grads[:3]):
+        assert err(got, ref) < 1e-5
+
+
+def test_attention_large_and_masked_scores():
+    """Scores of +-100s (a naive exp overflows) and -inf entries (masked keys): finite, and as accurate as eager
+    float32 PyTorch within a small factor (the softmax is nearly one-hot, so the gradients are tiny differences)."""
+    q, k, v, bias = make_attention(1, 2, 12, 20, 16, "1H", torch.float32)
+    q = q * 30
+    bias[..., :5] = float("-inf")
+    out, lse = ops.osra_attention(q, k, v, bias, 1.0)
+    grad_out = torch.randn_like(out)
+    grads = ops.osra_attention_backward(grad_out, q, k, v, bias, out, lse, 1.0, True)
+    exp_out, exp_lse, exp_grads = attention_expected(q, k, v, bias, 1.0, grad_out)
+    assert err(out, exp_out) < 1e-5 and err(lse, exp_lse) < 1e-5
+    eager = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    (torch.softmax(eager[0] @ eager[1].transpose(-1, -2) + eager[3], -1) @ eager[2]).backward(grad_out)
+    for got, eager_t, ref in zip(grads, eager, exp_grads):
+        assert err(got, ref) < 10 * err(eager_t.grad, ref) + 1e-6
+
+
+class AttentionFn(torch.autograd.Function):
+    """The kernels' own forward/backward pair, independent of the package's autograd registration."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias):
+        out, lse = ops.osra_attention(q, k, v, bias, 0.4)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        want_bias = bias is not None and ctx.needs_input_grad[3]
+        gq, gk, gv, gb = ops.osra_attention_backward(grad_out.contiguous(), q, k, v, bias, out, lse, 0.4, want_bias)
+        return gq, gk, gv, gb if want_bias else None
+
+
+@pytest.mark.parametrize("bias_kind", BIAS_KINDS, ids=str)
+def test_attention_gradcheck(bias_kind):
+    inputs = [t if t is None else t.requires_grad_() for t in make_attention(2, 2, 5, 3, 4, bias_kind, torch.float64)]
+    assert torch.autograd.gradcheck(AttentionFn.apply, inputs)
+
+
+def test_attention_deterministic():
+    q, k, v, bias = make_attention(4, 2, 150, 49, 24, "1H", torch.float32)
+    out, lse = ops.osra_attention(q, k, v, bias, 0.2)
+    grad_out = torch.randn_like(out)
+    first = ops.osra_attention_backward(grad_out, q, k, v, bias, out, lse, 0.2, True)
+    again = ops.osra_attention_backward(grad_out, q, k, v, bias, out, lse, 0.2, True)
+    assert torch.equal(out, ops.osra_attention(q, k, v, bias, 0.2)[0])
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
