@@ -71,9 +71,10 @@ def time_fn(fn, rotating, device, quick):
         from torch.utils import benchmark
 
         fn(*rotating.next())  # warm-up (and compile, for torch.compile baselines)
-        timer = benchmark.Timer("fn(*rot.next())", globals={"fn": fn, "rot": rotating})
+        timer = benchmark.Timer("fn(*rot.next())", globals={"fn": fn, "rot": rotating},
+                                num_threads=torch.get_num_threads())
         measurement = timer.blocked_autorange(min_run_time=0.2 if quick else 1.0)
-        times = sorted(t * 1e3 for t in measurement.raw_times)
+        times = sorted(t * 1e3 for t in measurement.times)  # per call (raw_times are per block)
     q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
     return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "runs": len(times)}
 
