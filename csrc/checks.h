@@ -50,4 +50,34 @@ inline void check_attn_inputs(const at::Tensor& q, const at::Tensor& k, const at
   }
 }
 
+
+// Segments of a (multi-scale) static depthwise conv: split_sizes sum to C, odd kernel sizes, packed weight length.
+inline void check_dwconv_inputs(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
+  TORCH_CHECK(x.dim() == 4, "dwconv2d: x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "dwconv2d: x must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(!split_sizes.empty() && split_sizes.size() == kernel_sizes.size(),
+              "dwconv2d: split_sizes and kernel_sizes must be non-empty and of one length, got ", split_sizes,
+              " and ", kernel_sizes);
+  int64_t channels = 0, taps = 0;
+  for (size_t s = 0; s < split_sizes.size(); ++s) {
+    TORCH_CHECK(split_sizes[s] >= 0, "dwconv2d: split_sizes must be >= 0, got ", split_sizes);
+    TORCH_CHECK(kernel_sizes[s] >= 1 && kernel_sizes[s] % 2 == 1, "dwconv2d: kernel sizes must be odd, got ",
+                kernel_sizes);
+    channels += split_sizes[s];
+    taps += split_sizes[s] * kernel_sizes[s] * kernel_sizes[s];
+  }
+  TORCH_CHECK(channels == x.size(1), "dwconv2d: split_sizes must sum to C = ", x.size(1), ", got ", split_sizes);
+  TORCH_CHECK(weight.dim() == 1 && weight.numel() == taps, "dwconv2d: weight must be 1-D with ", taps,
+              " packed taps, got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(),
+              "dwconv2d: weight must match x's dtype and device");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "dwconv2d: bias must be (C,) = (", x.size(1),
+                "), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
+                "dwconv2d: bias must match x's dtype and device");
+  }
+}
+
 }  // namespace transxnet_ops

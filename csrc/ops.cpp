@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "dwconv/dwconv.h"
 #include "idconv/idconv.h"
 #include "osra/attn.h"
 
@@ -73,6 +74,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_backward_impl(
              out.contiguous(), lse.contiguous(), scale, bias_requires_grad);
 }
 
+template <typename Fwd>
+at::Tensor dwconv_impl(Fwd fwd, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
+  check_dwconv_inputs(x, weight, bias, split_sizes, kernel_sizes);
+  return fwd(x.contiguous(), weight.contiguous(), contiguous_opt(bias), split_sizes, kernel_sizes);
+}
+
+template <typename Bwd>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_backward_impl(Bwd bwd, const at::Tensor& grad_y,
+                                                                    const at::Tensor& x, const at::Tensor& weight,
+                                                                    at::IntArrayRef split_sizes,
+                                                                    at::IntArrayRef kernel_sizes, bool bias_grad) {
+  check_dwconv_inputs(x, weight, std::nullopt, split_sizes, kernel_sizes);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
+              "dwconv2d_backward: grad_y must match x, got ", grad_y.sizes());
+  return bwd(grad_y.contiguous(), x.contiguous(), weight.contiguous(), split_sizes, kernel_sizes, bias_grad);
+}
+
+#define TRANSXNET_REGISTER_DWCONV(m, dev)                                                              \
+  m.impl("dwconv2d", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,  \
+                        at::IntArrayRef splits, at::IntArrayRef ks) {                                  \
+    return dwconv_impl(dwconv2d_forward_##dev, x, w, b, splits, ks);                                   \
+  });                                                                                                  \
+  m.impl("dwconv2d_backward", [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,       \
+                                 at::IntArrayRef splits, at::IntArrayRef ks, bool bias_grad) {         \
+    return dwconv_backward_impl(dwconv2d_backward_##dev, gy, x, w, splits, ks, bias_grad);             \
+  });
+
 #define TRANSXNET_REGISTER_IMPLS(m, dev)                                                            \
   m.impl("idconv", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) { \
     return idconv_impl(idconv_forward_##dev, x, w, b);                                              \
@@ -96,13 +125,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_backward_impl(
 TORCH_LIBRARY(transxnet_ops, m) {
   m.def("idconv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("idconv_backward(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  m.def("dwconv2d(Tensor x, Tensor weight, Tensor? bias, int[] split_sizes, int[] kernel_sizes) -> Tensor");
+  m.def(
+      "dwconv2d_backward(Tensor grad_y, Tensor x, Tensor weight, int[] split_sizes, int[] kernel_sizes, "
+      "bool bias_requires_grad) -> (Tensor, Tensor, Tensor)");
   m.def("osra_attention(Tensor q, Tensor k, Tensor v, Tensor? bias, float scale) -> (Tensor, Tensor)");
   m.def(
       "osra_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, "
       "Tensor out, Tensor lse, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(transxnet_ops, CPU, m) { TRANSXNET_REGISTER_IMPLS(m, cpu) }
+TORCH_LIBRARY_IMPL(transxnet_ops, CPU, m) {
+  TRANSXNET_REGISTER_IMPLS(m, cpu)
+  TRANSXNET_REGISTER_DWCONV(m, cpu)
+}
 
 #ifdef TRANSXNET_WITH_CUDA
 TORCH_LIBRARY_IMPL(transxnet_ops, CUDA, m) { TRANSXNET_REGISTER_IMPLS(m, cuda) }

@@ -70,3 +70,39 @@ def check_osra_attention(q, k, v, bias):
         if len(shape) > 4 or any(s not in (1, t) for s, t in zip(shape[::-1], target[::-1])):
             problems.append(f"bias must be broadcastable to (B, heads, N, M) = {target}, got {_describe(bias)}")
     _fail("osra_attention", problems)
+
+
+def check_dwconv2d(x, weights, biases, op="dwconv2d"):
+    """x (B, C, H, W); weights a list of (c_s, 1, k_s, k_s) with odd k_s and sum(c_s) == C; biases None or a
+    list of (c_s,) tensors (None entries allowed only if all are None)."""
+    named = [("x", x)] + [(f"weight[{i}]" if len(weights) > 1 else "weight", w) for i, w in enumerate(weights)]
+    if biases is not None:
+        named += [(f"bias[{i}]" if len(biases) > 1 else "bias", b) for i, b in enumerate(biases)]
+    _check_tensor_types(op, named)
+    problems = []
+    if x.dim() != 4:
+        problems.append(f"x must be 4-D (B, C, H, W), got {_describe(x)}")
+    channels = 0
+    for name, w in named[1:1 + len(weights)]:
+        if w.dim() != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3]:
+            problems.append(f"{name} must be a depthwise weight (c, 1, k, k), got {_describe(w)}")
+        elif w.shape[-1] % 2 == 0:
+            problems.append(f"{name}'s kernel size must be odd (padding is k//2), got k={w.shape[-1]}")
+        else:
+            channels += w.shape[0]
+    if x.dim() == 4 and not problems and channels != x.shape[1]:
+        problems.append(f"the weights cover {channels} channels, but x has C={x.shape[1]} ({_describe(x)})")
+    if biases is not None:
+        if len(biases) != len(weights):
+            problems.append(f"expected {len(weights)} biases (one per weight), got {len(biases)}")
+        else:
+            for (name, b), w in zip(named[1 + len(weights):], weights):
+                if b.dim() != 1 or (w.dim() >= 1 and b.shape[0] != w.shape[0]):
+                    problems.append(f"{name} must be ({w.shape[0]},), got {_describe(b)}")
+    _fail(op, problems)
+
+
+def check_gpu_kernel_sizes(kernel_sizes, backend, op="dwconv2d"):
+    if backend in ("cuda", "triton") and max(kernel_sizes) > MAX_GPU_KERNEL_SIZE:
+        _fail(op, [f"the {backend} backend supports kernel sizes <= {MAX_GPU_KERNEL_SIZE}, got {list(kernel_sizes)}; "
+                   "use backend='cpu' or 'reference'"])

@@ -10,6 +10,15 @@ def idconv_backward_fake(grad_y, x, weight):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(x.shape[:2])
 
 
+def dwconv2d_fake(x, weight, bias, split_sizes, kernel_sizes):
+    return x.new_empty(x.shape)
+
+
+def dwconv2d_backward_fake(grad_y, x, weight, split_sizes, kernel_sizes, bias_requires_grad):
+    grad_bias = x.new_empty(x.shape[1]) if bias_requires_grad else x.new_empty(0)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), grad_bias
+
+
 def osra_attention_fake(q, k, v, bias, scale):
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=lse_dtype)

@@ -3,6 +3,9 @@
 Every compiled backend exposes one forward and one backward custom op with the same schema:
   idconv{sfx}(x, weight, bias?) -> y
   idconv_backward{sfx}(grad_y, x, weight) -> (grad_x, grad_weight, grad_bias)
+  dwconv2d{sfx}(x, weight, bias?, split_sizes, kernel_sizes) -> y
+  dwconv2d_backward{sfx}(grad_y, x, weight, split_sizes, kernel_sizes, bias_requires_grad)
+      -> (grad_x, grad_weight, grad_bias)
   osra_attention{sfx}(q, k, v, bias?, scale) -> (out, lse)
   osra_attention_backward{sfx}(grad_out, q, k, v, bias?, out, lse, scale, bias_requires_grad)
       -> (grad_q, grad_k, grad_v, grad_bias)
@@ -37,6 +40,24 @@ def _register_idconv_autograd(suffix):
     torch.library.register_autograd(f"{_NS}::idconv{suffix}", backward, setup_context=setup_context)
 
 
+def _register_dwconv_autograd(suffix):
+    backward_name = f"dwconv2d_backward{suffix}"
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, split_sizes, kernel_sizes = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.split_sizes, ctx.kernel_sizes = split_sizes, kernel_sizes
+
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        bias_requires_grad = ctx.needs_input_grad[2]
+        grad_x, grad_weight, grad_bias = _op(backward_name)(
+            grad_y, x, weight, ctx.split_sizes, ctx.kernel_sizes, bias_requires_grad)
+        return grad_x, grad_weight, grad_bias if bias_requires_grad else None, None, None
+
+    torch.library.register_autograd(f"{_NS}::dwconv2d{suffix}", backward, setup_context=setup_context)
+
+
 def _register_attention_autograd(suffix):
     backward_name = f"osra_attention_backward{suffix}"
 
@@ -59,6 +80,7 @@ def _register_attention_autograd(suffix):
 
 def _register_native_fakes():
     for name, fake in [("idconv", _fakes.idconv_fake), ("idconv_backward", _fakes.idconv_backward_fake),
+                       ("dwconv2d", _fakes.dwconv2d_fake), ("dwconv2d_backward", _fakes.dwconv2d_backward_fake),
                        ("osra_attention", _fakes.osra_attention_fake),
                        ("osra_attention_backward", _fakes.osra_attention_backward_fake)]:
         torch.library.register_fake(f"{_NS}::{name}", fake)
@@ -67,10 +89,13 @@ def _register_native_fakes():
 if _ext.has_cpu_kernels():
     _register_native_fakes()
     _register_idconv_autograd("")
+    _register_dwconv_autograd("")
     _register_attention_autograd("")
 
 if _ext.has_triton():
     _register_idconv_autograd("_triton")
+    if hasattr(getattr(torch.ops, _NS), "dwconv2d_triton"):
+        _register_dwconv_autograd("_triton")
     _register_attention_autograd("_triton")
 
 _SUFFIX = {"cpu": "", "cuda": "", "triton": "_triton"}
@@ -101,6 +126,39 @@ def idconv(x, weight, bias=None, backend=None):
     if name == "reference":
         return reference.idconv(x, weight, bias)
     return _op("idconv" + _SUFFIX[name])(x, weight, bias)
+
+
+def dwconv2d(x, weight, bias=None, backend=None):
+    """Static depthwise convolution, stride 1, zero padding k//2: nn.Conv2d(C, C, k, padding=k//2, groups=C).
+
+    x (B, C, H, W), weight (C, 1, k, k) with k odd (nn.Conv2d's layout), bias (C,) or None -> (B, C, H, W).
+    Differentiable in x, weight and bias; grad_weight is reduced over the batch deterministically.
+    """
+    return multiscale_dwconv2d(x, [weight], None if bias is None else [bias], backend=backend, _op_name="dwconv2d")
+
+
+def multiscale_dwconv2d(x, weights, biases=None, backend=None, _op_name="multiscale_dwconv2d"):
+    """Depthwise convolutions of several kernel sizes on consecutive channel splits, in one op.
+
+    weights[s] (c_s, 1, k_s, k_s) convolves channels [sum(c_<s), sum(c_<=s)) of x with padding k_s//2, as
+    torch.cat([conv_s(part_s) for ...], 1) with conv_s = nn.Conv2d(c_s, c_s, k_s, padding=k_s//2, groups=c_s)
+    (TransXNet's MS-FFN: k = 1, 3, 5, 7). biases: None or one (c_s,) tensor per weight.
+    """
+    weights = list(weights)
+    biases = None if biases is None else list(biases)
+    _checks.check_dwconv2d(x, weights, biases, op=_op_name)
+    split_sizes = [int(w.shape[0]) for w in weights]
+    kernel_sizes = [int(w.shape[-1]) for w in weights]
+    x, *rest = _autocast(x, *weights, *(biases or []))
+    weights, biases = rest[:len(weights)], (rest[len(weights):] or None)
+    name = backends.resolve(backend, x.device.type)
+    _checks.check_gpu_kernel_sizes(kernel_sizes, name, op=_op_name)
+    # packed 1-D weight (a view for one weight) and (C,) bias: the kernels' layout
+    weight = weights[0].reshape(-1) if len(weights) == 1 else torch.cat([w.reshape(-1) for w in weights])
+    bias = None if biases is None else biases[0] if len(biases) == 1 else torch.cat(biases)
+    if name == "reference":
+        return reference.dwconv2d(x, weight, bias, split_sizes, kernel_sizes)
+    return _op("dwconv2d" + _SUFFIX[name])(x, weight, bias, split_sizes, kernel_sizes)
 
 
 def _bias_4d(bias, q, k):

@@ -8,11 +8,10 @@ from typing import Optional
 
 import torch
 import triton
-from torch.library import wrap_triton
 
 from .._fakes import idconv_backward_fake, idconv_fake
 from ._idconv_kernels import _idconv_bwd_dw, _idconv_bwd_reduce, _idconv_fwd
-from ._register import kernel_op
+from ._register import kernel_op, launch
 
 
 def _pow2_at_least(n, cap):
@@ -40,7 +39,7 @@ def _launch_conv(x, weight, bias, y, flip):
     B, C, H, W = x.shape
     K = int(weight.shape[-1])  # a constexpr of the kernel: specialise on it under dynamic shapes
     cfg, n_tiles = _config(H, W)
-    wrap_triton(_idconv_fwd)[(B * C * n_tiles,)](
+    launch(_idconv_fwd)[(B * C * n_tiles,)](
         x, weight, bias if bias is not None else x, y, H, W,  # x stands in for the absent bias pointer
         K=K, FLIP=flip, HAS_BIAS=bias is not None, IS_FP64=x.dtype == torch.float64, **cfg)
 
@@ -51,8 +50,8 @@ def _launch_grad_weight(grad_y, x, partial, grad_weight, grad_bias):
     K = int(grad_weight.shape[-1])
     cfg, n_tiles = _config(H, W)
     is_fp64 = x.dtype == torch.float64
-    wrap_triton(_idconv_bwd_dw)[(B * C * n_tiles,)](grad_y, x, partial, H, W, K=K, IS_FP64=is_fp64, **cfg)
-    wrap_triton(_idconv_bwd_reduce)[(B * C,)](partial, grad_weight, grad_bias, n_tiles, KK=K * K,
+    launch(_idconv_bwd_dw)[(B * C * n_tiles,)](grad_y, x, partial, H, W, K=K, IS_FP64=is_fp64, **cfg)
+    launch(_idconv_bwd_reduce)[(B * C,)](partial, grad_weight, grad_bias, n_tiles, KK=K * K,
                                               IS_FP64=is_fp64, BLOCK_KK=triton.next_power_of_2(K * K + 1))
 
 

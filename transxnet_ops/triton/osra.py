@@ -7,10 +7,9 @@ from typing import Optional
 
 import torch
 import triton
-from torch.library import wrap_triton
 
 from .._fakes import osra_attention_backward_fake, osra_attention_fake
-from ._register import kernel_op
+from ._register import kernel_op, launch
 from ._osra_kernels import _attn_bwd_dbias, _attn_bwd_dkdv, _attn_bwd_dq, _attn_fwd
 
 
@@ -44,7 +43,7 @@ def osra_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     cfg = _config(q, k)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), B * H)
-    wrap_triton(_attn_fwd)[grid](q, k, v, bias if bias is not None else q, out, lse, N, M, D, H, scale,
+    launch(_attn_fwd)[grid](q, k, v, bias if bias is not None else q, out, lse, N, M, D, H, scale,
                                  *_bias_strides(bias), HAS_BIAS=bias is not None, **cfg)
     return out, lse
 
@@ -64,15 +63,15 @@ def osra_attention_backward_triton(grad_out: torch.Tensor, q: torch.Tensor, k: t
     strides = _bias_strides(bias)
     bias_arg = bias if bias is not None else q
     common = (N, M, D, H, scale, *strides)
-    wrap_triton(_attn_bwd_dq)[(triton.cdiv(N, cfg["BLOCK_N"]), B * H)](
+    launch(_attn_bwd_dq)[(triton.cdiv(N, cfg["BLOCK_N"]), B * H)](
         q, k, v, bias_arg, grad_out, lse, delta, grad_q, *common, HAS_BIAS=bias is not None, **cfg)
-    wrap_triton(_attn_bwd_dkdv)[(triton.cdiv(M, cfg["BLOCK_M"]), B * H)](
+    launch(_attn_bwd_dkdv)[(triton.cdiv(M, cfg["BLOCK_M"]), B * H)](
         q, k, v, bias_arg, grad_out, lse, delta, grad_k, grad_v, *common, HAS_BIAS=bias is not None, **cfg)
     if bias is None or not bias_requires_grad:
         return grad_q, grad_k, grad_v, q.new_empty(0)
     Bb, Hb = bias.shape[:2]
     grad_bias = torch.empty_like(bias)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]), Bb * Hb)
-    wrap_triton(_attn_bwd_dbias)[grid](q, k, v, bias, grad_out, lse, delta, grad_bias, *common, Hb,
+    launch(_attn_bwd_dbias)[grid](q, k, v, bias, grad_out, lse, delta, grad_bias, *common, Hb,
                                        B // Bb, H // Hb, **cfg)
     return grad_q, grad_k, grad_v, grad_bias
