@@ -1,5 +1,13 @@
-"""Shared benchmark helpers: timing (GPU: triton do_bench-style CUDA events; CPU: torch.utils.benchmark),
-rotating inputs, peak memory, bandwidth roofline, and result writers (JSON, markdown, PNG)."""
+"""Shared benchmark helpers: timing, rotating inputs, peak memory, physical floors, result writers (JSON, md, PNG).
+
+Two GPU times per case, side by side (`measure`):
+- eager latency: CUDA events around each call (what a user of the op waits, launch overhead included);
+- GPU kernel time: the torch.profiler device time of the kernels (and memsets / copies) of one call, summed, with
+  the number of device launches per call. Calls are told apart on the device timeline by a marker kernel
+  (torch.cuda._sleep) launched between them, so backward kernels launched from autograd's thread count too.
+Both are medians over many calls on rotating inputs (> 256 MB in all, larger than L2). On CPU there is only the
+first (torch.utils.benchmark). Never used by the unit tests.
+"""
 import argparse
 import datetime
 import json
@@ -12,14 +20,22 @@ import torch
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Peak DRAM bandwidth (GB/s) of known GPUs, for the roofline column.
 GPU_PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L40S": 864.0, "RTX 4090": 1008.0}
+# The floors of DESIGN.md ("Performance regime"): an H200's measured device-to-device copy and the fp32 FMA peak
+# (67 TFLOPS counts an FMA as two flops). On another GPU the copy is measured at start (`copy_bandwidth`).
+H200_COPY_GBPS = 4260.0
+GPU_FP32_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5, "L40S": 91.6, "RTX 4090": 82.6}
 
 
 def parse_args(description, extra=None):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="a small set of shapes, few repetitions")
+    p.add_argument("--smoke", action="store_true",
+                   help="one tiny shape per section, a few repetitions, no torch.compile baselines (harness checks)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baselines")
     p.add_argument("--dtypes", default=None, help="comma list: float32,bfloat16,float16")
     p.add_argument("--out", default=RESULTS_DIR, help="folder for JSON / markdown / PNG results")
+    p.add_argument("--no-plot", action="store_true", help="write JSON and markdown only")
     if extra:
         extra(p)
     args = p.parse_args()
@@ -27,6 +43,8 @@ def parse_args(description, extra=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     default = "float32" if args.device == "cpu" else "float32,bfloat16"
     args.dtypes = [getattr(torch, d) for d in (args.dtypes or default).split(",")]
+    args.quick = args.quick or args.smoke
+    args.compile = not (args.no_compile or args.smoke)
     return args
 
 
@@ -51,13 +69,13 @@ class Rotating:
         return self.sets[self.i]
 
 
-def time_fn(fn, rotating, device, quick):
-    """Median and 20/80% quantiles in milliseconds of fn(*inputs), inputs rotating between calls."""
+def time_fn(fn, rotating, device, quick, smoke=False):
+    """Eager latency: median and 20/80% quantiles in milliseconds of fn(*inputs), inputs rotating between calls."""
     if device == "cuda":
         for _ in range(3):
             fn(*rotating.next())
         torch.cuda.synchronize()
-        reps = 20 if quick else 100
+        reps = 5 if smoke else 20 if quick else 100
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         for s, e in zip(starts, ends):
@@ -73,10 +91,93 @@ def time_fn(fn, rotating, device, quick):
         fn(*rotating.next())  # warm-up (and compile, for torch.compile baselines)
         timer = benchmark.Timer("fn(*rot.next())", globals={"fn": fn, "rot": rotating},
                                 num_threads=torch.get_num_threads())
-        measurement = timer.blocked_autorange(min_run_time=0.2 if quick else 1.0)
+        measurement = timer.blocked_autorange(min_run_time=0.02 if smoke else 0.2 if quick else 1.0)
         times = sorted(t * 1e3 for t in measurement.times)  # per call (raw_times are per block)
     q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
     return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "runs": len(times)}
+
+
+_MARKER = "spin_kernel"  # the kernel of torch.cuda._sleep: a boundary between two calls on the device timeline
+
+
+def kernel_time(fn, rotating, reps=20):
+    """GPU kernel time of fn: per call, the summed device durations of its kernels, memsets and copies, and their
+    count (launches). -> dict(kernel_ms, kernel_p20_ms, kernel_p80_ms, launches), medians over `reps` calls."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        fn(*rotating.next())
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.cuda._sleep(100)
+        for _ in range(reps):
+            fn(*rotating.next())
+            torch.cuda._sleep(100)
+        torch.cuda.synchronize()
+    device_ops = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA
+                         and not getattr(e, "is_user_annotation", False)
+                         and getattr(e, "activity_type", "kernel") != "gpu_user_annotation"),
+                        key=lambda e: e.time_range.start)
+    calls, current = [], None
+    for e in device_ops:
+        if _MARKER in e.name:
+            if current is not None:
+                calls.append(current)
+            current = []
+        elif current is not None:
+            current.append(e.time_range.elapsed_us())
+    if len(calls) != reps:  # markers lost: fall back to the mean over all calls
+        total = sum(e.time_range.elapsed_us() for e in device_ops if _MARKER not in e.name)
+        n = sum(_MARKER not in e.name for e in device_ops)
+        return {"kernel_ms": total / reps / 1e3, "kernel_p20_ms": None, "kernel_p80_ms": None,
+                "launches": n / reps, "kernel_note": f"{len(calls)} of {reps} calls delimited: mean"}
+    per_call = sorted(sum(c) / 1e3 for c in calls)
+    q = statistics.quantiles(per_call, n=5) if len(per_call) >= 5 else [per_call[0]] * 4
+    return {"kernel_ms": statistics.median(per_call), "kernel_p20_ms": q[0], "kernel_p80_ms": q[3],
+            "launches": statistics.median(len(c) for c in calls)}
+
+
+def measure(fn, rotating, device, args):
+    """Eager latency (+ on GPU: kernel time and launches per call) of fn over rotating inputs."""
+    t = time_fn(fn, rotating, device, args.quick, getattr(args, "smoke", False))
+    if device == "cuda":
+        t.update(kernel_time(fn, rotating, reps=5 if getattr(args, "smoke", False) else 20 if args.quick else 50))
+    return t
+
+
+_copy_gbps = {}
+
+
+def copy_bandwidth_gbps(device):
+    """Device-to-device copy bandwidth (bytes read + written), measured once per process: the memory floor's rate."""
+    if device not in _copy_gbps:
+        n = (1 << 30) if device == "cuda" else (64 << 20)
+        src = torch.empty(n, dtype=torch.uint8, device=device).random_()
+        dst = torch.empty_like(src)
+        t = time_fn(lambda a, b: b.copy_(a), Rotating(lambda: (src, dst), device), device, quick=True)
+        _copy_gbps[device] = 2 * n / (t["median_ms"] * 1e-3) / 1e9
+        del src, dst
+    return _copy_gbps[device]
+
+
+def fp32_tflops(device):
+    """fp32 peak (TFLOPS, FMA = 2 flops) of a known GPU, else None (no FMA floor)."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for key, v in GPU_FP32_TFLOPS.items() if key in name), None)
+
+
+def floor_ms(nbytes, fmas, device):
+    """The physical floor of a shape: the larger of bytes / copy bandwidth and FMAs / fp32 FMA rate, in ms.
+    On an H200 the copy rate is DESIGN.md's 4.26 TB/s; elsewhere the copy measured here."""
+    name = torch.cuda.get_device_name() if device == "cuda" else ""
+    gbps = H200_COPY_GBPS if "H200" in name else copy_bandwidth_gbps(device)
+    t_bytes = nbytes / (gbps * 1e9) * 1e3
+    tflops = fp32_tflops(device)
+    t_fma = 2 * fmas / (tflops * 1e12) * 1e3 if tflops and fmas else 0.0
+    return max(t_bytes, t_fma), ("FMA" if t_fma > t_bytes else "memory")
 
 
 def peak_memory_mb(fn, inputs, device):
@@ -133,7 +234,7 @@ def environment(device):
     return env
 
 
-def write_results(name, rows, columns, device, out_dir, plot=None):
+def write_results(name, rows, columns, device, out_dir, plot=None, notes=()):
     """rows: list of dicts. Writes NAME_DEVICE.json, .md (table of `columns`) and .png (via plot(ax, rows))."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{name}_{device}")
@@ -141,7 +242,8 @@ def write_results(name, rows, columns, device, out_dir, plot=None):
     with open(stem + ".json", "w") as f:
         json.dump({"environment": env, "results": rows}, f, indent=1)
     lines = [f"# {name} on {env['device']}", "",
-             f"torch {env['torch']}, triton {env['triton']}, {env['date']}. Median time (20-80% band in JSON).", "",
+             f"torch {env['torch']}, triton {env['triton']}, {env['date']}. Median time (20-80% band in JSON).",
+             *notes, "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")

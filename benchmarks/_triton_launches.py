@@ -133,19 +133,20 @@ def triton_forward_ops():
 
 
 def record_op(op, inputs, dtype, shape):
-    """Launches of one forward + backward of `transxnet_ops::{op}_triton` on meta tensors."""
+    """Launches of one forward + backward of `transxnet_ops::{op}_triton` on meta tensors: [(phase, launch)]."""
     from transxnet_ops.triton._register import recording
 
     args, kwargs = inputs(shape, dtype)
     with recording() as launches:
         out = getattr(getattr(torch.ops, NS), f"{op}_triton")(*args, **kwargs)
+        n_forward = len(launches)
         first = out[0] if isinstance(out, (tuple, list)) else out
         first.backward(torch.empty_like(first))
-    return list(launches)
+    return [("fwd" if i < n_forward else "bwd", launch) for i, launch in enumerate(launches)]
 
 
 def record_all(shape_sets, dtypes):
-    """-> (launch records, problems). A record: dict(op, label, dtype, kernel, grid, args, kwargs)."""
+    """-> (launch records, problems). A record: dict(op, label, dtype, phase, kernel, grid, args, kwargs)."""
     import_triton_modules()
     records, problems = [], []
     ops = triton_forward_ops()
@@ -159,9 +160,9 @@ def record_all(shape_sets, dtypes):
             continue  # that family has no Triton op (yet)
         for dname in dtypes:
             try:
-                for kernel, grid, args, kwargs in record_op(op, OP_INPUTS[op], DTYPES[dname], shape):
-                    records.append(dict(op=op, label=label, dtype=dname, kernel=kernel, grid=grid, args=args,
-                                        kwargs=kwargs))
+                for phase, (kernel, grid, args, kwargs) in record_op(op, OP_INPUTS[op], DTYPES[dname], shape):
+                    records.append(dict(op=op, label=label, dtype=dname, phase=phase, kernel=kernel, grid=grid,
+                                        args=args, kwargs=kwargs))
             except Exception as exc:  # a launcher that fails on meta tensors is a finding, not a crash
                 problems.append(f"{op} {label} {dname}: launcher failed on meta tensors: "
                                 f"{type(exc).__name__}: {_first_line(exc)}")

@@ -1,8 +1,15 @@
-"""OSRA benchmark: the attention core (fused backends) vs the official matmul+softmax path,
-F.scaled_dot_product_attention with a float mask, and FlexAttention with a score_mod bias (GPU);
-then the whole OSRA module, fused vs reference. Forward and forward+backward, time and peak memory.
+"""OSRA attention benchmark: the attention core (fused backends) against plain matmul+softmax (the official path),
+F.scaled_dot_product_attention with a float mask and FlexAttention with a score_mod bias (GPU), then the whole
+OSRA module, fused vs reference. Forward and forward+backward (bias gradient included), time and peak memory.
 
-    python benchmarks/bench_osra.py --quick
+    python benchmarks/bench_osra.py --quick        # GPU: T1, T4 and N=16384/M=1024 at batch 128; CPU: batch 2
+    python benchmarks/bench_osra.py --device cuda  # the four TransXNet-T stages and both detection sizes
+    python benchmarks/bench_osra.py --smoke        # one tiny shape: checks the harness
+
+On a GPU each row gives the eager latency (CUDA events), the GPU kernel time (profiler device time of one call),
+the launches per call, the peak memory, and the memory floor of the shape: the bytes a fused kernel must move (q,
+k, v, bias read and out, lse written; backward also reads grad_out, out, lse and writes every gradient) over the copy
+bandwidth (4.26 TB/s on an H200); `x floor` is the kernel time over it.
 """
 import math
 import os
@@ -11,33 +18,47 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the checkout's transxnet_ops, built in place or installed -e
 import _timing as T  # noqa: E402
 
 import transxnet_ops  # noqa: E402
 from transxnet_ops import reference  # noqa: E402
 
-# (label, heads, N queries, M keys, head dim): TransXNet-T stages at 224px, then detection-size maps.
-CORE_SHAPES = [("T1 56x56", 1, 3136, 49, 24), ("T2 28x28", 2, 784, 49, 24), ("T3 14x14", 4, 196, 49, 28),
-               ("T4 7x7", 8, 49, 49, 28), ("det T1 256x256", 1, 65536, 1024, 24), ("det T2 128x128", 2, 16384, 1024, 24)]
+# (label, heads, N queries, M keys, head dim, batch on GPU): TransXNet-T stages at 224 px, then detection-size maps.
+CORE_SHAPES = [("T1", 1, 3136, 49, 24, 128), ("T2", 2, 784, 49, 24, 128), ("T3", 4, 196, 49, 28, 128),
+               ("T4", 8, 49, 49, 28, 128), ("det N=65536 M=1024", 1, 65536, 1024, 24, 8),
+               ("det N=16384 M=1024", 2, 16384, 1024, 24, 8)]
+QUICK = ("T1", "T4", "det N=16384 M=1024")
 # (label, dim of the OSRA half, heads, side, sr_ratio)
 MODULE_SHAPES = [("T1", 24, 1, 56, 8), ("T2", 48, 2, 28, 4), ("T3", 112, 4, 14, 2), ("T4", 224, 8, 7, 1)]
 
 
-def core_impls(device):
+def core_shapes(args):
+    if args.smoke:
+        return [("tiny", 2, 37, 11, 24, 2)]
+    shapes = [s for s in CORE_SHAPES if not args.quick or s[0] in QUICK]
+    if args.device == "cpu":  # batch 2 on CPU, detection sizes with one image
+        shapes = [(lab, h, n, m, d, 1 if n > 10000 else 2) for lab, h, n, m, d, _ in shapes]
+        if args.quick:
+            shapes = shapes[:2]
+    return shapes
+
+
+def core_impls(device, flex):
     impls = {f"fused-{n}": (lambda n: lambda q, k, v, b: transxnet_ops.osra_attention(q, k, v, b, backend=n))(n)
              for n in transxnet_ops.available_backends(device)
              if n != "reference" and not (n == "triton" and device == "cpu")}
-    impls["official matmul+softmax"] = reference.osra_attention
+    impls["matmul+softmax (official)"] = reference.osra_attention
     impls["sdpa float mask"] = lambda q, k, v, b: F.scaled_dot_product_attention(q, k, v, attn_mask=b)
-    if device == "cuda":
+    if device == "cuda" and flex:
         try:
             from torch.nn.attention.flex_attention import flex_attention
 
-            flex = torch.compile(flex_attention, dynamic=False)
+            compiled = torch.compile(flex_attention, dynamic=False)
 
-            def flex_bias(q, k, v, b):
-                return flex(q, k, v, score_mod=lambda s, bi, h, qi, ki: s + b[0, h, qi, ki])
+            def flex_bias(q, k, v, b):  # the bias is captured by score_mod, its gradient flows back to it
+                return compiled(q, k, v, score_mod=lambda s, bi, h, qi, ki: s + b[0, h, qi, ki])
 
             impls["flex_attention score_mod"] = flex_bias
         except Exception as exc:  # older torch: report and go on without it
@@ -45,51 +66,75 @@ def core_impls(device):
     return impls
 
 
-def run(fn, mode):
+def memory_floor_bytes(B, H, N, M, D, dtype, mode):
+    """Bytes a fused attention must move: q, k, v, bias in, out and lse (fp32) out; backward: q, k, v, bias, out,
+    grad_out, lse in and grad_q, grad_k, grad_v, grad_bias out."""
+    e = torch.tensor([], dtype=dtype).element_size()
+    q, kv, bias, lse = B * H * N * D * e, 2 * B * H * M * D * e, H * N * M * e, B * H * N * 4
+    fwd = q + kv + bias + q + lse
+    if mode == "fwd":
+        return fwd
+    return fwd + (q + kv + bias + 2 * q + lse) + (q + kv + bias)
+
+
+def run_case(fn, mode):
     if mode == "fwd":
         return lambda *a: fn(*a[:-1])
-    return lambda *a: torch.autograd.backward(fn(*a[:-1]), a[-1])
+
+    def fwd_bwd(*a):
+        inputs = [t for t in a[:-1] if isinstance(t, torch.Tensor) and t.requires_grad]
+        return torch.autograd.grad(fn(*a[:-1]), inputs, a[-1])
+    return fwd_bwd
 
 
-def measure(rows, base_key, label, dtype, mode, impls, rotating, device, quick, extra):
-    base = None
+def measure(rows, base_key, label, dtype, mode, impls, make_inputs, device, args, extra):
+    case_rows, base = [], None
     for name, fn in impls.items():
-        f = run(fn, mode)
+        f = run_case(fn, mode)
         try:
+            rotating = T.Rotating(make_inputs, device)
             with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-                t = T.time_fn(f, rotating, device, quick)
+                t = T.measure(f, rotating, device, args)
                 mem = T.peak_memory_mb(f, rotating.next(), device)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:  # e.g. the dense path out of memory
-            print(f"{name} {label}: {type(exc).__name__}: {str(exc)[:120]}")
+            del rotating
+        except Exception as exc:  # e.g. the dense path out of memory, a backend without this case
+            print(f"{name} {label} {mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
             continue
-        base = t["median_ms"] if name == base_key else base
-        rows.append(dict(shape=label, dtype=str(dtype).replace("torch.", ""), mode=mode, impl=name, **t,
-                         peak_mem_mb=mem, **extra))
-    for r in rows:
-        if r["shape"] == label and r["mode"] == mode and r["dtype"] == str(dtype).replace("torch.", "") and base:
-            r["speedup_vs_official"] = base / r["median_ms"]
+        time_ms = t.get("kernel_ms") or t["median_ms"]
+        base = time_ms if name == base_key else base
+        row = dict(shape=label, dtype=str(dtype).replace("torch.", ""), mode=mode, impl=name, **t, peak_mem_mb=mem,
+                   **extra)
+        if extra.get("floor_ms"):
+            row["x_floor"] = time_ms / extra["floor_ms"]
+        case_rows.append(row)
+    for r in case_rows:
+        r["speedup_vs_official"] = base / (r.get("kernel_ms") or r["median_ms"]) if base else None
+    rows += case_rows
 
 
 def main():
     args = T.parse_args(__doc__)
     device, rows = args.device, []
-    batch = 2 if args.quick else 32
-    core = CORE_SHAPES[:2] if args.quick else CORE_SHAPES
-    impls = core_impls(device)
-    for (label, H, N, M, D), dtype, mode in T.progress(
-            [(s, dt, m) for s in core for dt in args.dtypes for m in ("fwd", "fwd+bwd")], "attention core"):
-        B = 2 if N > 10000 else batch
+    shapes = core_shapes(args)
+    todo = [(s, dt, m) for s in shapes for dt in args.dtypes for m in ("fwd", "fwd+bwd")]
+    impls_all = core_impls(device, flex=args.compile)
+    impls_no_flex = {k: v for k, v in impls_all.items() if not k.startswith("flex")}
+    for (label, H, N, M, D, B), dtype, mode in T.progress(todo, "attention core"):
+        # FlexAttention compiles per shape: in quick mode only at the first shape
+        impls = impls_all if not args.quick or label == shapes[0][0] else impls_no_flex
 
         def make_inputs():
             g = mode != "fwd"
             mk = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=g)  # noqa: E731
-            return mk(B, H, N, D), mk(B, H, M, D), mk(B, H, M, D), mk(1, H, N, M), torch.randn(B, H, N, D,
-                                                                                               device=device, dtype=dtype)
+            return mk(B, H, N, D), mk(B, H, M, D), mk(B, H, M, D), mk(1, H, N, M), torch.randn(
+                B, H, N, D, device=device, dtype=dtype)
 
-        measure(rows, "official matmul+softmax", f"core {label} B={B}", dtype, mode, impls, T.Rotating(make_inputs, device),
-                device, args.quick, dict(part="core"))
+        floor, _ = T.floor_ms(memory_floor_bytes(B, H, N, M, D, dtype, mode), 0, device)
+        measure(rows, "matmul+softmax (official)", f"core {label} B={B} h={H} N={N} M={M} d={D}", dtype, mode,
+                impls, make_inputs, device, args, dict(part="core", floor_ms=floor))
 
-    module_shapes = MODULE_SHAPES[:2] if args.quick else MODULE_SHAPES
+    module_shapes = [] if args.smoke else MODULE_SHAPES[:2] if args.quick else MODULE_SHAPES
+    batch = 2 if device == "cpu" else 32 if args.quick else 128
     for (label, dim, heads, side, sr), dtype, mode in T.progress(
             [(s, dt, m) for s in module_shapes for dt in args.dtypes for m in ("fwd", "fwd+bwd")], "OSRA module"):
         modules = {}
@@ -105,14 +150,19 @@ def main():
             x = torch.randn(batch, dim, side, side, device=device, dtype=dtype, requires_grad=mode != "fwd")
             return x, pos, torch.randn(batch, dim, side, side, device=device, dtype=dtype)
 
-        measure(rows, "official (reference)", f"OSRA {label} B={batch}", dtype, mode, impls_m,
-                T.Rotating(make_inputs, device), device, args.quick, dict(part="module"))
+        measure(rows, "official (reference)", f"OSRA {label} B={batch}", dtype, mode, impls_m, make_inputs, device,
+                args, dict(part="module"))
 
-    T.write_results("bench_osra", rows, ["shape", "dtype", "mode", "impl", "median_ms", "peak_mem_mb",
-                                         "speedup_vs_official"], device, args.out,
-                    plot=lambda ax, rs: T.bar_plot(ax, [dict(r, label=f"{r['shape']} {r['dtype']} {r['mode']}")
-                                                        for r in rs], "label", "impl", "speedup_vs_official",
-                                                   "speedup vs official (higher is better)"))
+    gpu = device == "cuda"
+    columns = ["shape", "dtype", "mode", "impl", "median_ms"] + (["kernel_ms", "launches"] if gpu else []) + [
+        "floor_ms", "x_floor", "speedup_vs_official", "peak_mem_mb"]
+    gpu_note = "; `kernel_ms`: GPU kernel time of one call (profiler), `launches`: device launches per call"
+    notes = [f"`median_ms`: eager latency{gpu_note if gpu else ''}; `floor_ms`: memory floor (bytes / copy "
+             f"bandwidth); `x_floor` and `speedup_vs_official` use the {'kernel' if gpu else 'eager'} time."]
+    T.write_results("bench_osra", rows, columns, device, args.out, notes=notes,
+                    plot=None if args.no_plot else lambda ax, rs: T.bar_plot(
+                        ax, [dict(r, label=f"{r['shape']} {r['dtype']} {r['mode']}") for r in rs], "label", "impl",
+                        "speedup_vs_official", "speedup vs official (higher is better)"))
 
 
 if __name__ == "__main__":
