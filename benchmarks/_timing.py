@@ -115,23 +115,28 @@ def kernel_time(fn, rotating, reps=20):
             fn(*rotating.next())
             torch.cuda._sleep(100)
         torch.cuda.synchronize()
-    device_ops = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA
-                         and not getattr(e, "is_user_annotation", False)
-                         and getattr(e, "activity_type", "kernel") != "gpu_user_annotation"),
-                        key=lambda e: e.time_range.start)
+    device_ops = [(e.name, e.time_range.start, e.time_range.elapsed_us()) for e in prof.events()
+                  if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                  and getattr(e, "activity_type", "kernel") != "gpu_user_annotation"]
+    return split_calls(device_ops, reps)
+
+
+def split_calls(device_ops, reps):
+    """Device ops (name, start_us, duration_us), in any order, with a marker kernel before, between and after the
+    `reps` calls -> median kernel time and launches per call (the mean if the markers are not all found)."""
+    device_ops = sorted(device_ops, key=lambda e: e[1])
     calls, current = [], None
-    for e in device_ops:
-        if _MARKER in e.name:
+    for name, _, duration in device_ops:
+        if _MARKER in name:
             if current is not None:
                 calls.append(current)
             current = []
         elif current is not None:
-            current.append(e.time_range.elapsed_us())
+            current.append(duration)
     if len(calls) != reps:  # markers lost: fall back to the mean over all calls
-        total = sum(e.time_range.elapsed_us() for e in device_ops if _MARKER not in e.name)
-        n = sum(_MARKER not in e.name for e in device_ops)
-        return {"kernel_ms": total / reps / 1e3, "kernel_p20_ms": None, "kernel_p80_ms": None,
-                "launches": n / reps, "kernel_note": f"{len(calls)} of {reps} calls delimited: mean"}
+        work = [d for name, _, d in device_ops if _MARKER not in name]
+        return {"kernel_ms": sum(work) / reps / 1e3, "kernel_p20_ms": None, "kernel_p80_ms": None,
+                "launches": len(work) / reps, "kernel_note": f"{len(calls)} of {reps} calls delimited: mean"}
     per_call = sorted(sum(c) / 1e3 for c in calls)
     q = statistics.quantiles(per_call, n=5) if len(per_call) >= 5 else [per_call[0]] * 4
     return {"kernel_ms": statistics.median(per_call), "kernel_p20_ms": q[0], "kernel_p80_ms": q[3],

@@ -92,3 +92,25 @@ def test_a_crashing_case_is_listed_and_the_rest_still_run(tmp_path):
     assert len(crashed) == 1 and crashed[0]["status"] == "FAIL" and "process died" in crashed[0]["error"], crashed
     rest = [r for r in rows if r["label"] != "odd K=3"]
     assert rest and all(r["status"] == "PASS" for r in rest), rest
+
+
+def test_kernel_time_splits_calls_at_the_marker_kernels():
+    """benchmarks/_timing.split_calls: the profiler's device ops of `reps` calls, marker kernels between them."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import _timing
+
+    marker = "void at::cuda::(anonymous namespace)::spin_kernel(long)"
+    ops, t = [(marker, 0.0, 1.0)], 10.0
+    for call in range(5):  # call i: a forward kernel, a memset, a backward kernel of (i + 1) us each
+        for name in ("fwd_kernel", "Memset (Device)", "bwd_kernel"):
+            ops.append((name, t, call + 1.0))
+            t += 10
+        ops.append((marker, t, 1.0))
+        t += 10
+    ops.reverse()  # the profiler's order is not the timeline's
+    got = _timing.split_calls(ops, reps=5)
+    assert got["launches"] == 3
+    assert abs(got["kernel_ms"] - 9e-3) < 1e-12  # median call: 3 ops of 3 us
+    assert got["kernel_p20_ms"] < got["kernel_ms"] < got["kernel_p80_ms"]
+    fallback = _timing.split_calls([op for op in ops if op[0] != marker], reps=5)
+    assert fallback["launches"] == 3 and "mean" in fallback["kernel_note"]
