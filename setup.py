@@ -3,8 +3,8 @@
 Environment switches:
   TRANSXNET_FORCE_CUDA=1   build the CUDA sources even if nvcc/CUDA_HOME detection fails (error if impossible)
   TRANSXNET_NO_CUDA=1      build the CPU kernels only
-  TRANSXNET_DEBUG_INFO=1   keep debug info: host `-g`, device `-lineinfo` (source lines in compute-sanitizer / ncu);
-                           the C++ files then take ~5x longer to compile
+  TRANSXNET_DEBUG_INFO=1   keep debug info: host `-g`, device `-lineinfo`; the C++ files take ~5x longer to compile
+  TRANSXNET_LINEINFO=1     device `-lineinfo` only (source lines in compute-sanitizer / ncu reports; cheap)
   TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0")
   MAX_JOBS                 parallel compile jobs (ninja)
 
@@ -71,7 +71,7 @@ def _extensions():
     sources = cpp_sources + sorted(glob.glob("csrc/*/*_cuda_bind.cpp") + glob.glob("csrc/*/*_cuda.cu"))
     # --threads 0: one nvcc job compiles its architectures (sm_80, sm_90) in parallel.
     nvcc_flags = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "--threads", "0"]
-    if debug_info:
+    if debug_info or _flag("TRANSXNET_LINEINFO"):
         nvcc_flags.append("-lineinfo")
     return [CUDAExtension("transxnet_ops._C", sources, include_dirs=include_dirs,
                           define_macros=[("TRANSXNET_WITH_CUDA", None)],

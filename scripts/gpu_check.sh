@@ -25,6 +25,7 @@ scratch=$(mktemp -d) && trap 'rm -rf "$scratch"' EXIT
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export TRANSXNET_LINEINFO=${TRANSXNET_LINEINFO:-1}  # source lines in the memcheck report
 t0=$SECONDS
 steps=$scratch/steps.tsv
 : > "$steps"
