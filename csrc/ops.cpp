@@ -40,7 +40,10 @@ TORCH_LIBRARY_IMPL(transxnet_ops, CPU, m) {
 }
 
 #ifdef TRANSXNET_WITH_CUDA
-TORCH_LIBRARY_IMPL(transxnet_ops, CUDA, m) { TRANSXNET_REGISTER_IMPLS(m, cuda) }
+TORCH_LIBRARY_IMPL(transxnet_ops, CUDA, m) {
+  TRANSXNET_REGISTER_IMPLS(m, cuda)
+  TRANSXNET_REGISTER_DWCONV(m, cuda)
+}
 #endif
 
 }  // namespace transxnet_ops

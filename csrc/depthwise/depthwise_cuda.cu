@@ -16,6 +16,8 @@ using namespace depthwise;
 // reserved per block).
 constexpr size_t kForwardSmemBudget = 64 * 1024;
 constexpr size_t kBackwardSmemBudget = 113 * 1024;
+// Static-weight gradients: at most this many batch chunks (rows of fp32 partials) per segment.
+constexpr int64_t kMaxBatchChunks = 64;
 
 struct Device {
   int sms = 132;
@@ -110,7 +112,8 @@ Plan make_plan(const DepthwiseProblem& pr, bool backward) {
       const int64_t resident = std::max<int64_t>(
           1, std::min<int64_t>({2048 / threads, 65536 / (128 * threads), static_cast<int64_t>((dev.smem_optin + 1024) / smem)}));
       const int64_t per_sample = static_cast<int64_t>(sw.groups) * spatial;
-      const int64_t want = std::min<int64_t>(B, (2 * dev.sms * resident + per_sample - 1) / per_sample);
+      const int64_t want =
+          std::min({B, kMaxBatchChunks, (2 * dev.sms * resident + per_sample - 1) / per_sample});
       sw.batch_per_block = static_cast<int>((B + want - 1) / want);
     }
     sw.batch_blocks = static_cast<int>((B + sw.batch_per_block - 1) / sw.batch_per_block);
