@@ -30,9 +30,10 @@ struct SegmentWork {
   int64_t weight_offset;  // first tap of channel c0 in the weight (within one sample for per-sample weights)
 };
 
+// The kernels compute in fp32 shared memory and registers, so the element type only matters where they read and
+// write global memory: it is a run-time field, and one compiled kernel serves float32, float16 and bfloat16.
 struct Args {
-  DType dtype;  // element type of every tensor (the kernels work in fp32 shared memory: the type only matters
-                // at the global-memory boundary, so one kernel serves all three)
+  DType dtype;  // of every tensor argument
   SegmentWork seg[kMaxSegments];
   int num_segments;
   int64_t B, C;
