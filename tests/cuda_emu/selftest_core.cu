@@ -120,12 +120,32 @@ __global__ void dims_kernel(int* out) {
   o[3] = static_cast<int>(gridDim.x + 100 * gridDim.y + 10000 * gridDim.z);
 }
 
+// The cuda_fp16.h / cuda_bf16.h conversions the kernels use (host implementations of the toolkit headers).
+__global__ void convert_kernel(const float* in, unsigned short* half_bits, unsigned short* bf16_bits, float* back,
+                               int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const __half h = __float2half_rn(in[i]);
+  const __nv_bfloat16 b = __float2bfloat16_rn(in[i]);
+  std::memcpy(&half_bits[i], &h, 2);
+  std::memcpy(&bf16_bits[i], &b, 2);
+  back[2 * i] = __half2float(h);
+  back[2 * i + 1] = __bfloat162float(b);
+}
+
 __global__ void noop_kernel(int* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = 1;
 }
 
 __global__ void write_n_kernel(float* out, int n, int overrun) {
   for (int i = threadIdx.x; i < n + overrun; i += blockDim.x) out[i] = static_cast<float>(i);
+}
+
+__device__ __noinline__ float use_4mb_of_stack() {
+  volatile char big[4 << 20];
+  big[0] = 1;
+  big[sizeof(big) - 1] = 1;
+  return big[0];
 }
 
 // Kernels that are wrong on purpose; each must make the launch fail with a clear message.
@@ -164,13 +184,9 @@ __global__ void misbehave_kernel(float* out, int kind) {
     case 6:  // invalid address
       *reinterpret_cast<volatile float*>(static_cast<uintptr_t>(64)) = v;
       break;
-    case 7: {  // stack overflow
-      volatile char big[4 << 20];
-      big[0] = 1;
-      big[sizeof(big) - 1] = 1;
-      v += big[0];
+    case 7:  // stack overflow
+      v += use_4mb_of_stack();
       break;
-    }
     case 8:
       if (t == 7) __trap();
       break;
@@ -274,6 +290,12 @@ cudaError_t txn_emu_selftest(const char* name_c, void* const* p, int n_ptrs, con
     return cudaGetLastError();
   }
   if (is("misbehave", 1, 1)) return run_misbehave(f0, static_cast<int>(a[0]));
+  if (is("convert", 4, 1)) {  // in, half bits, bf16 bits, back (2n); n
+    const int n = static_cast<int>(a[0]);
+    convert_kernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(
+        f0, static_cast<unsigned short*>(p[1]), static_cast<unsigned short*>(p[2]), static_cast<float*>(p[3]), n);
+    return cudaGetLastError();
+  }
   if (is("device_attributes", 1, 0)) {
     int* out = static_cast<int*>(p[0]);
     cudaError_t err = cudaDeviceGetAttribute(&out[0], cudaDevAttrMultiProcessorCount, 0);
