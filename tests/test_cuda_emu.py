@@ -7,6 +7,7 @@ The ops are registered as torch.ops.transxnet_ops_emu.* for CPU tensors. Their o
 allocated NaN-filled inside 4 KB guard zones (an unwritten element or an out-of-bounds write fails), and a CUDA
 error the host code leaves unchecked fails the call.
 """
+import os
 import platform
 import sys
 from pathlib import Path
@@ -177,6 +178,15 @@ def test_dynamic_shared_memory_and_the_48kb_rule(emu):
     assert torch.equal(raw, 2 * torch.arange(999, -1, -1, dtype=torch.float32))
 
 
+def test_static_plus_dynamic_shared_memory_budget(emu):
+    out = torch.zeros(1)
+    assert selftest("static_smem_budget", [out], [0, 0]) == SUCCESS and out.item() == 10 * 1024 - 1 + 1
+    assert selftest("static_smem_budget", [out], [8 * 1024, 0]) == SUCCESS  # 40 + 8 <= 48 KB
+    code = selftest("static_smem_budget", [out], [9 * 1024, 0])  # 40 + 9 > 48 KB
+    assert code == INVALID_VALUE and "static __shared__" in ops.emu_error_string(code)
+    assert selftest("static_smem_budget", [out], [16 * 1024, 16 * 1024]) == SUCCESS  # limit raised
+
+
 def test_out_of_bounds_dynamic_shared_memory_is_caught(emu):
     code = selftest("dynamic_smem_overrun", [], [1024])
     assert code == ILLEGAL_ADDRESS and "dynamic shared memory" in ops.emu_error_string(code)
@@ -319,6 +329,20 @@ def test_wmma_misuse(emu):
                                 (3, MISALIGNED, "aligned")]:
         got = selftest("wmma_misuse", [a, b, d], [kind])
         assert got == code and message in ops.emu_error_string(got), ops.emu_error_string(got)
+
+
+@pytest.mark.skipif(os.environ.get("TXN_EMU_ASAN") != "1",
+                    reason="the AddressSanitizer run is opt-in: TXN_EMU_ASAN=1 (its own build, ~1-3 min more)")
+def test_under_address_sanitizer():
+    """Every op family and some self-tests run clean under ASan, which catches planted out-of-bounds reads."""
+    from cuda_emu import asan_check
+    if asan_check.libasan() is None:
+        pytest.skip("libasan not found (g++ -print-file-name=libasan.so)")
+    clean = asan_check.run(asan_check.CLEAN_RUN)
+    assert clean.returncode == 0 and "ASAN-CLEAN" in clean.stdout, clean.stdout[-2000:] + clean.stderr[-6000:]
+    for kind, what in [(0, "heap-buffer-overflow"), (1, "global-buffer-overflow")]:
+        r = asan_check.run(asan_check.overread(kind))
+        assert r.returncode != 0 and what in r.stderr and "NOT-CAUGHT" not in r.stdout, r.stderr[-3000:]
 
 
 # ================================================================================================ the project's ops

@@ -141,6 +141,24 @@ __global__ void write_n_kernel(float* out, int n, int overrun) {
   for (int i = threadIdx.x; i < n + overrun; i += blockDim.x) out[i] = static_cast<float>(i);
 }
 
+// Out-of-bounds reads that only AddressSanitizer sees (asan_check.py): past an input, past a static shared array.
+__global__ void overread_kernel(const float* in, float* out, int n, int kind) {
+  __shared__ float s[64];
+  s[threadIdx.x] = 1.f;
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = kind == 0 ? in[n] : s[64 + n];
+}
+
+// 40 KB of static shared memory: fits alone, not with 16 KB of dynamic shared memory unless the limit is raised.
+template <int kVariant>
+__global__ void big_static_smem_kernel(float* out) {
+  __shared__ float s[10 * 1024];
+  TXN_DYNAMIC_SMEM(float, dyn);
+  for (int i = threadIdx.x; i < 10 * 1024; i += blockDim.x) s[i] = static_cast<float>(i);
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = s[10 * 1024 - 1] + (dyn ? 0.f : 1.f);
+}
+
 __device__ __noinline__ float use_4mb_of_stack() {
   volatile char big[4 << 20];
   big[0] = 1;
@@ -290,6 +308,22 @@ cudaError_t txn_emu_selftest(const char* name_c, void* const* p, int n_ptrs, con
     return cudaGetLastError();
   }
   if (is("misbehave", 1, 1)) return run_misbehave(f0, static_cast<int>(a[0]));
+  if (is("static_smem_budget", 1, 2)) {  // dynamic bytes, opt-in (<= 0: none)
+    const size_t dyn = static_cast<size_t>(a[0]);
+    if (a[1] > 0) {
+      const cudaError_t err = cudaFuncSetAttribute(big_static_smem_kernel<1>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(a[1]));
+      if (err != cudaSuccess) return err;
+      big_static_smem_kernel<1><<<2, 64, dyn, stream>>>(f0);
+    } else {
+      big_static_smem_kernel<0><<<2, 64, dyn, stream>>>(f0);
+    }
+    return cudaGetLastError();
+  }
+  if (is("overread", 2, 2)) {  // in (n floats), out; n, kind (0: input, 1: static shared array)
+    overread_kernel<<<1, 64, 0, stream>>>(f0, static_cast<float*>(p[1]), static_cast<int>(a[0]), static_cast<int>(a[1]));
+    return cudaGetLastError();
+  }
   if (is("convert", 4, 1)) {  // in, half bits, bf16 bits, back (2n); n
     const int n = static_cast<int>(a[0]);
     convert_kernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(
