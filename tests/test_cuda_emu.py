@@ -33,7 +33,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 # cudaError_t values (driver_types.h)
 SUCCESS, INVALID_VALUE, INVALID_CONFIGURATION = 0, 1, 9
-INVALID_RESOURCE_HANDLE, ILLEGAL_ADDRESS, ASSERT, MISALIGNED, LAUNCH_FAILURE = 400, 700, 710, 716, 719
+INVALID_RESOURCE_HANDLE, ILLEGAL_ADDRESS, LAUNCH_OUT_OF_RESOURCES = 400, 700, 701
+ASSERT, MISALIGNED, LAUNCH_FAILURE = 710, 716, 719
 
 
 @pytest.fixture(scope="session")
@@ -206,6 +207,13 @@ def test_launch_validation(emu, grid, block, smem, legacy_stream, expected):
     flag = torch.zeros(1, dtype=torch.int32)
     assert selftest("launch", [flag], [*grid, *block, smem, legacy_stream]) == expected
     assert flag.item() == int(expected == SUCCESS)  # a failed launch runs nothing
+
+
+def test_launch_bounds_are_enforced(emu):
+    out = torch.zeros(1, dtype=torch.int32)
+    assert selftest("launch_bounds", [out], [64]) == SUCCESS and out.item() == 64
+    code = selftest("launch_bounds", [out], [96])
+    assert code == LAUNCH_OUT_OF_RESOURCES and "__launch_bounds__(64)" in ops.emu_error_string(code)
 
 
 def test_device_attributes(emu):

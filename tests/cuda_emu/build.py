@@ -233,6 +233,19 @@ def rewrite_cuda_source(text: str, origin: str) -> str:
                                                       f"{type_}* {m.group(2)} = ::txn_emu::dynamic_smem<{type_}>();",
                                                       _inside(directives, m.start()))))
 
+    # __global__ void __launch_bounds__(N, ...) k(...) { body }  ->  { ::txn_emu::check_launch_bounds(N, ...); body }
+    for m in re.finditer(r"\b__launch_bounds__\s*\(", masked):
+        if _inside(directives, m.start()):
+            continue
+        bounds_end = _match_forward(masked, m.end() - 1, "(", ")")
+        params = masked.find("(", bounds_end)
+        after = _match_forward(masked, params, "(", ")")
+        body = re.match(r"[^;{]*\{", masked[after:])  # skips qualifiers; a declaration (;) has no body
+        if body:
+            bounds = text[m.end():bounds_end - 1]
+            edits.append((after + body.end(), after + body.end(),
+                          f" ::txn_emu::check_launch_bounds(__FILE__, __LINE__, {bounds});"))
+
     # __shared__ T a[N], b[M];  ->  static T a[N], b[M]; + first-touch-per-block poisoning
     counter = 0
     for m in re.finditer(r"\b__shared__\b", masked):

@@ -719,6 +719,14 @@ int block_sync(const char* what, const char* file, int line, int predicate, int 
   return f.result;
 }
 
+void check_launch_bounds(const char* file, int line, int max_threads, int, int) {
+  const uint64_t threads = uint64_t(g_block_dim.x) * g_block_dim.y * g_block_dim.z;
+  if (max_threads > 0 && threads > static_cast<uint64_t>(max_threads)) {
+    fault(cudaErrorLaunchOutOfResources, "launched with %llu threads per block, more than its __launch_bounds__(%d) (%s:%d)",
+          static_cast<unsigned long long>(threads), max_threads, file, line);
+  }
+}
+
 unsigned lane_id() { return static_cast<unsigned>(engine().current->linear & 31); }
 
 void warp_sync(WarpOp& op) {

@@ -133,6 +133,10 @@ __global__ void convert_kernel(const float* in, unsigned short* half_bits, unsig
   back[2 * i + 1] = __bfloat162float(b);
 }
 
+__global__ void __launch_bounds__(64) bounded_kernel(int* out) {
+  if (threadIdx.x == 0) out[0] = static_cast<int>(blockDim.x);
+}
+
 __global__ void noop_kernel(int* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = 1;
 }
@@ -301,6 +305,10 @@ cudaError_t txn_emu_selftest(const char* name_c, void* const* p, int n_ptrs, con
     const dim3 grid(static_cast<unsigned>(a[0]), static_cast<unsigned>(a[1]), static_cast<unsigned>(a[2]));
     const dim3 block(static_cast<unsigned>(a[3]), static_cast<unsigned>(a[4]), static_cast<unsigned>(a[5]));
     noop_kernel<<<grid, block, static_cast<size_t>(a[6]), a[7] ? nullptr : stream>>>(static_cast<int*>(p[0]));
+    return cudaGetLastError();
+  }
+  if (is("launch_bounds", 1, 1)) {  // threads; the kernel declares __launch_bounds__(64)
+    bounded_kernel<<<1, static_cast<unsigned>(a[0]), 0, stream>>>(static_cast<int*>(p[0]));
     return cudaGetLastError();
   }
   if (is("write_n", 1, 2)) {  // n, overrun
