@@ -1,10 +1,11 @@
-"""The emulated CUDA ops under AddressSanitizer: catches out-of-bounds *reads* and accesses to shared memory,
-which the guard zones of the normal emulator build do not see.
+"""The emulated CUDA ops under AddressSanitizer + UBSan (alignment, bounds): catches out-of-bounds *reads*, accesses
+past static shared arrays and thread stacks, misaligned vector loads (x86 tolerates them, a GPU faults) and
+indices past fixed-size arrays (register arrays, shared tiles) - none of which the normal emulator build sees.
 
     python tests/cuda_emu/asan_check.py           # exit status 0: clean, and ASan does catch planted over-reads
 
 Python is not instrumented, so each check runs in a subprocess with libasan preloaded; the emulator extension is
-built a second time with -fsanitize=address (variant "asan", its own cache folder under build/cuda_emu/).
+built a second time with the sanitizers (variant "asan", its own cache folder under build/cuda_emu/).
 """
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
+ASAN_FLAGS = ("-fsanitize=address,alignment,bounds", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
+# the planted faults of selftest "overread" and what a sanitizer report says about each (any of)
+PLANTED = [(0, ("heap-buffer-overflow",)), (1, ("global-buffer-overflow", "out of bounds for type")),
+           (2, ("misaligned address",)), (3, ("out of bounds for type",))]
+
+
+def caught(result: subprocess.CompletedProcess, reports: tuple[str, ...]) -> bool:
+    return result.returncode != 0 and any(r in result.stderr for r in reports) and "NOT-CAUGHT" not in result.stdout
 
 PRELUDE = f"""
 import sys, torch
@@ -91,11 +99,11 @@ def main() -> int:
     clean = run(CLEAN_RUN)
     ok = clean.returncode == 0 and "ASAN-CLEAN" in clean.stdout
     print("clean run:", "ok" if ok else "FAILED\n" + clean.stdout[-3000:] + clean.stderr[-6000:])
-    for kind, what in [(0, "heap-buffer-overflow"), (1, "global-buffer-overflow")]:
+    for kind, reports in PLANTED:
         r = run(overread(kind))
-        caught = r.returncode != 0 and what in r.stderr and "NOT-CAUGHT" not in r.stdout
-        print(f"planted over-read {kind}:", "caught" if caught else "NOT caught\n" + r.stderr[-3000:])
-        ok = ok and caught
+        hit = caught(r, reports)
+        print(f"planted fault {kind}:", "caught" if hit else "NOT caught\n" + r.stderr[-3000:])
+        ok = ok and hit
     return 0 if ok else 1
 
 

@@ -145,12 +145,20 @@ __global__ void write_n_kernel(float* out, int n, int overrun) {
   for (int i = threadIdx.x; i < n + overrun; i += blockDim.x) out[i] = static_cast<float>(i);
 }
 
-// Out-of-bounds reads that only AddressSanitizer sees (asan_check.py): past an input, past a static shared array.
+// Faults only the sanitizer build sees (asan_check.py): reads past an input or a static shared array (ASan), a
+// misaligned float4 load (fine on x86, a fault on a GPU) and an index past a register array (UBSan).
 __global__ void overread_kernel(const float* in, float* out, int n, int kind) {
   __shared__ float s[64];
+  float r[4] = {1.f, 2.f, 3.f, 4.f};
   s[threadIdx.x] = 1.f;
   __syncthreads();
-  if (threadIdx.x == 0) out[0] = kind == 0 ? in[n] : s[64 + n];
+  if (threadIdx.x != 0) return;
+  switch (kind) {
+    case 0: out[0] = in[n]; break;
+    case 1: out[0] = s[64 + n]; break;
+    case 2: out[0] = reinterpret_cast<const float4*>(in + 1)->x; break;
+    case 3: out[0] = r[n / 25]; break;  // n = 100: index 4
+  }
 }
 
 // 40 KB of static shared memory: fits alone, not with 16 KB of dynamic shared memory unless the limit is raised.
@@ -328,7 +336,7 @@ cudaError_t txn_emu_selftest(const char* name_c, void* const* p, int n_ptrs, con
     }
     return cudaGetLastError();
   }
-  if (is("overread", 2, 2)) {  // in (n floats), out; n, kind (0: input, 1: static shared array)
+  if (is("overread", 2, 2)) {  // in (n floats), out; n, kind (see overread_kernel)
     overread_kernel<<<1, 64, 0, stream>>>(f0, static_cast<float*>(p[1]), static_cast<int>(a[0]), static_cast<int>(a[1]));
     return cudaGetLastError();
   }
