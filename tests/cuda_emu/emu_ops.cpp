@@ -85,9 +85,11 @@ struct Guarded {
   }
 };
 
+// Installed as torch's CPU allocator only while an emulated entry point runs; allocations of other threads, or
+// of this one when not armed, go straight to the allocator it replaced.
 class GuardingAllocator final : public c10::Allocator {
  public:
-  explicit GuardingAllocator(c10::Allocator* base) : base_(base) {}
+  c10::Allocator* base_ = nullptr;
 
   c10::DataPtr allocate(size_t n) override {
     if (!t_armed || n == 0) return base_->allocate(n);
@@ -102,23 +104,19 @@ class GuardingAllocator final : public c10::Allocator {
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
-
- private:
-  c10::Allocator* base_;
+  c10::DeleterFnPtr raw_deleter() const override { return base_->raw_deleter(); }  // for unarmed allocations
 };
 
-void install_allocator() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    static GuardingAllocator allocator(c10::GetCPUAllocator());
-    c10::SetCPUAllocator(&allocator, /*priority=*/0);
-  });
-}
+GuardingAllocator g_allocator;
 
 class CallScope {
  public:
   explicit CallScope(const char* op) : op_(op) {
-    install_allocator();
+    previous_ = c10::GetCPUAllocator();
+    if (previous_ != &g_allocator) {
+      g_allocator.base_ = previous_;
+      c10::SetCPUAllocator(&g_allocator, /*priority=*/0);
+    }
     (void)cudaGetLastError();  // a stale error must not be blamed on this call
     {
       std::lock_guard<std::mutex> lock(g_violations_mutex);
@@ -155,8 +153,10 @@ class CallScope {
   void disarm() {
     t_armed = false;
     if (t_live == &live_) t_live = nullptr;
+    if (previous_ != &g_allocator) c10::SetCPUAllocator(previous_, /*priority=*/0);
   }
   const char* op_;
+  c10::Allocator* previous_;
   std::vector<Guarded*> live_;
 };
 

@@ -147,7 +147,14 @@ struct Engine {
   cudaError_t fail_code = cudaSuccess;
   char fail_message[1024] = {};
   uint64_t block_epoch = 0;
-  std::vector<std::pair<void*, uint64_t>> shared_epochs;
+  struct SharedArray {
+    void* ptr;
+    uint64_t block_epoch;  // last block that poisoned it
+    uint64_t launch;       // last launch that counted it
+  };
+  std::vector<SharedArray> shared_arrays;
+  size_t static_smem_bytes = 0;  // static __shared__ bytes this launch has touched
+  int smem_attribute = -1;       // the kernel's MaxDynamicSharedMemorySize attribute, -1 when never set
   std::vector<unsigned char> dynamic_smem;
   size_t dynamic_smem_bytes = 0;
 
@@ -712,6 +719,14 @@ int block_sync(const char* what, const char* file, int line, int predicate, int 
   return f.result;
 }
 
+void check_launch_bounds(const char* file, int line, int max_threads, int, int) {
+  const uint64_t threads = uint64_t(g_block_dim.x) * g_block_dim.y * g_block_dim.z;
+  if (max_threads > 0 && threads > static_cast<uint64_t>(max_threads)) {
+    fault(cudaErrorLaunchOutOfResources, "launched with %llu threads per block, more than its __launch_bounds__(%d) (%s:%d)",
+          static_cast<unsigned long long>(threads), max_threads, file, line);
+  }
+}
+
 unsigned lane_id() { return static_cast<unsigned>(engine().current->linear & 31); }
 
 void warp_sync(WarpOp& op) {
@@ -785,18 +800,30 @@ bool shared_touch(std::initializer_list<SharedRegion> regions) {
   Engine& e = engine();
   if (!e.in_fiber) return true;  // namespace-scope __shared__: initialised once, never poisoned
   for (const SharedRegion& r : regions) {
-    bool found = false;
-    for (auto& [ptr, epoch] : e.shared_epochs) {
-      if (ptr != r.ptr) continue;
-      found = true;
-      if (epoch != e.block_epoch) {
-        if (e.poison) std::memset(r.ptr, 0xff, r.bytes);
-        epoch = e.block_epoch;
-      }
+    Engine::SharedArray* a = nullptr;
+    for (auto& s : e.shared_arrays) {
+      if (s.ptr == r.ptr) a = &s;
     }
-    if (!found) {
+    if (!a) a = &e.shared_arrays.emplace_back(Engine::SharedArray{r.ptr, 0, 0});
+    if (a->block_epoch != e.block_epoch) {
       if (e.poison) std::memset(r.ptr, 0xff, r.bytes);
-      e.shared_epochs.emplace_back(r.ptr, e.block_epoch);
+      a->block_epoch = e.block_epoch;
+    }
+    if (a->launch != e.launches) {  // first time this launch: count it against the shared-memory budget
+      a->launch = e.launches;
+      e.static_smem_bytes += r.bytes;
+      // CUDA: by default static + dynamic <= 48 KB; a raised dynamic limit n needs static + n <= 227 KB.
+      const bool raised = e.smem_attribute >= 0;
+      const size_t used = e.static_smem_bytes + (raised ? e.smem_attribute : e.dynamic_smem_bytes);
+      const size_t limit = raised ? DeviceLimits::kMaxDynamicSmemOptin : DeviceLimits::kDefaultDynamicSmem;
+      if (used > limit) {
+        fault(cudaErrorInvalidValue,
+              "%zu bytes of static __shared__ arrays + %zu bytes of %s exceed %zu bytes (without "
+              "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n) static + dynamic "
+              "shared memory must fit in 48 KB; static + n in 227 KB)",
+              e.static_smem_bytes, used - e.static_smem_bytes,
+              raised ? "raised dynamic limit" : "dynamic shared memory", limit);
+      }
     }
   }
   return true;
@@ -848,6 +875,11 @@ void run_kernel(const KernelLaunch& k, const LaunchConfig& c) {
   ++e.launches;
   const uint64_t launch_seed = e.seed * 0x9e3779b97f4a7c15ull + (++e.launch_index);
   e.kernel = &k;
+  e.static_smem_bytes = 0;
+  {
+    const auto it = e.max_dynamic_smem.find(k.func);
+    e.smem_attribute = it == e.max_dynamic_smem.end() ? -1 : it->second;
+  }
   e.nthreads = static_cast<int>(threads);
   e.failed = false;
   e.fibers.assign(e.nthreads, Fiber{});

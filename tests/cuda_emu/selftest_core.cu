@@ -120,12 +120,62 @@ __global__ void dims_kernel(int* out) {
   o[3] = static_cast<int>(gridDim.x + 100 * gridDim.y + 10000 * gridDim.z);
 }
 
+// The cuda_fp16.h / cuda_bf16.h conversions the kernels use (host implementations of the toolkit headers).
+__global__ void convert_kernel(const float* in, unsigned short* half_bits, unsigned short* bf16_bits, float* back,
+                               int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const __half h = __float2half_rn(in[i]);
+  const __nv_bfloat16 b = __float2bfloat16_rn(in[i]);
+  std::memcpy(&half_bits[i], &h, 2);
+  std::memcpy(&bf16_bits[i], &b, 2);
+  back[2 * i] = __half2float(h);
+  back[2 * i + 1] = __bfloat162float(b);
+}
+
+__global__ void __launch_bounds__(64) bounded_kernel(int* out) {
+  if (threadIdx.x == 0) out[0] = static_cast<int>(blockDim.x);
+}
+
 __global__ void noop_kernel(int* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = 1;
 }
 
 __global__ void write_n_kernel(float* out, int n, int overrun) {
   for (int i = threadIdx.x; i < n + overrun; i += blockDim.x) out[i] = static_cast<float>(i);
+}
+
+// Faults only the sanitizer build sees (asan_check.py): reads past an input or a static shared array (ASan), a
+// misaligned float4 load (fine on x86, a fault on a GPU) and an index past a register array (UBSan).
+__global__ void overread_kernel(const float* in, float* out, int n, int kind) {
+  __shared__ float s[64];
+  float r[4] = {1.f, 2.f, 3.f, 4.f};
+  s[threadIdx.x] = 1.f;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  switch (kind) {
+    case 0: out[0] = in[n]; break;
+    case 1: out[0] = s[64 + n]; break;
+    case 2: out[0] = reinterpret_cast<const float4*>(in + 1)->x; break;
+    case 3: out[0] = r[n / 25]; break;  // n = 100: index 4
+  }
+}
+
+// 40 KB of static shared memory: fits alone, not with 16 KB of dynamic shared memory unless the limit is raised.
+template <int kVariant>
+__global__ void big_static_smem_kernel(float* out) {
+  __shared__ float s[10 * 1024];
+  TXN_DYNAMIC_SMEM(float, dyn);
+  for (int i = threadIdx.x; i < 10 * 1024; i += blockDim.x) s[i] = static_cast<float>(i);
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = s[10 * 1024 - 1] + (dyn ? 0.f : 1.f);
+}
+
+__device__ __noinline__ float use_4mb_of_stack() {
+  volatile char big[4 << 20];
+  big[0] = 1;
+  big[sizeof(big) - 1] = 1;
+  return big[0];
 }
 
 // Kernels that are wrong on purpose; each must make the launch fail with a clear message.
@@ -164,13 +214,9 @@ __global__ void misbehave_kernel(float* out, int kind) {
     case 6:  // invalid address
       *reinterpret_cast<volatile float*>(static_cast<uintptr_t>(64)) = v;
       break;
-    case 7: {  // stack overflow
-      volatile char big[4 << 20];
-      big[0] = 1;
-      big[sizeof(big) - 1] = 1;
-      v += big[0];
+    case 7:  // stack overflow
+      v += use_4mb_of_stack();
       break;
-    }
     case 8:
       if (t == 7) __trap();
       break;
@@ -269,11 +315,37 @@ cudaError_t txn_emu_selftest(const char* name_c, void* const* p, int n_ptrs, con
     noop_kernel<<<grid, block, static_cast<size_t>(a[6]), a[7] ? nullptr : stream>>>(static_cast<int*>(p[0]));
     return cudaGetLastError();
   }
+  if (is("launch_bounds", 1, 1)) {  // threads; the kernel declares __launch_bounds__(64)
+    bounded_kernel<<<1, static_cast<unsigned>(a[0]), 0, stream>>>(static_cast<int*>(p[0]));
+    return cudaGetLastError();
+  }
   if (is("write_n", 1, 2)) {  // n, overrun
     write_n_kernel<<<1, 64, 0, stream>>>(f0, static_cast<int>(a[0]), static_cast<int>(a[1]));
     return cudaGetLastError();
   }
   if (is("misbehave", 1, 1)) return run_misbehave(f0, static_cast<int>(a[0]));
+  if (is("static_smem_budget", 1, 2)) {  // dynamic bytes, opt-in (<= 0: none)
+    const size_t dyn = static_cast<size_t>(a[0]);
+    if (a[1] > 0) {
+      const cudaError_t err = cudaFuncSetAttribute(big_static_smem_kernel<1>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(a[1]));
+      if (err != cudaSuccess) return err;
+      big_static_smem_kernel<1><<<2, 64, dyn, stream>>>(f0);
+    } else {
+      big_static_smem_kernel<0><<<2, 64, dyn, stream>>>(f0);
+    }
+    return cudaGetLastError();
+  }
+  if (is("overread", 2, 2)) {  // in (n floats), out; n, kind (see overread_kernel)
+    overread_kernel<<<1, 64, 0, stream>>>(f0, static_cast<float*>(p[1]), static_cast<int>(a[0]), static_cast<int>(a[1]));
+    return cudaGetLastError();
+  }
+  if (is("convert", 4, 1)) {  // in, half bits, bf16 bits, back (2n); n
+    const int n = static_cast<int>(a[0]);
+    convert_kernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(
+        f0, static_cast<unsigned short*>(p[1]), static_cast<unsigned short*>(p[2]), static_cast<float*>(p[3]), n);
+    return cudaGetLastError();
+  }
   if (is("device_attributes", 1, 0)) {
     int* out = static_cast<int*>(p[0]);
     cudaError_t err = cudaDeviceGetAttribute(&out[0], cudaDevAttrMultiProcessorCount, 0);

@@ -86,6 +86,10 @@ __global__ void misuse_kernel(const __half* a, const __half* b, float* d, int ki
   wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
 }
 
+__global__ void tf32_round_kernel(const float* in, float* out, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = wmma::__float_to_tf32(in[i]);
+}
+
 }  // namespace
 }  // namespace txn_selftest_wmma
 
@@ -110,6 +114,11 @@ cudaError_t txn_emu_selftest_wmma(const char* name, void* const* p, int n_ptrs, 
     misuse_kernel<<<1, 32, 0, txn_emu::current_stream()>>>(static_cast<const __half*>(p[0]),
                                                             static_cast<const __half*>(p[1]), static_cast<float*>(p[2]),
                                                             static_cast<int>(a[0]));
+    return cudaGetLastError();
+  }
+  if (std::strcmp(name, "tf32_round") == 0 && n_ptrs == 2 && n_args == 1) {
+    tf32_round_kernel<<<1, 128, 0, txn_emu::current_stream()>>>(static_cast<const float*>(p[0]),
+                                                                 static_cast<float*>(p[1]), static_cast<int>(a[0]));
     return cudaGetLastError();
   }
   *found = false;

@@ -3,6 +3,7 @@
 //   kernel<targs><<<grid, block, smem, stream>>>(args);   ->  ::txn_emu::launch("kernel<targs>", ..., kernel<targs>, ...)
 //   __shared__ T a[N], b[M];                               ->  static T a[N], b[M]; (+ NaN-poisoned per block)
 //   extern __shared__ T name[];                            ->  T* name = ::txn_emu::dynamic_smem<T>();
+//   __launch_bounds__(N) kernel(...) {                     ->  ... { ::txn_emu::check_launch_bounds(..., N);
 // Execution model (tests/cuda_emu/runtime.cpp): blocks run one after another; the threads of a block are
 // cooperative fibers, each with its own stack. A thread runs until it reaches __syncthreads(), a warp collective
 // (__syncwarp, shuffles, votes, WMMA) or its end; between those points threads run in a varying order (forward,
@@ -78,6 +79,10 @@ struct WarpOp {
 void warp_sync(WarpOp& op);
 int block_sync(const char* what, const char* file, int line, int predicate, int reduce);  // reduce: 0 none, 1 count, 2 and, 3 or
 unsigned lane_id();
+
+// Injected at the top of kernels declared with __launch_bounds__(max_threads, ...): a block larger than that
+// fails the launch, as it does on a GPU.
+void check_launch_bounds(const char* file, int line, int max_threads, int min_blocks = 0, int max_cluster = 0);
 
 void* dynamic_smem_base();
 template <class T>
