@@ -2,6 +2,7 @@
 // batch chunks of the static-weight gradient) and launches the kernels of depthwise_kernels.cuh.
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <vector>
 
 #include "depthwise/depthwise_kernels.cuh"
@@ -12,26 +13,40 @@ namespace {
 
 using namespace depthwise;
 
-// Shared memory per block: forward >= 3 blocks per SM; backward 2 blocks per SM on sm_90 (228 KB per SM, 1 KB
-// reserved per block).
+// Shared memory per block, at most: forward 64 KB (>= 3 blocks per SM), backward 113 KB (2 blocks per SM on
+// sm_90: 228 KB per SM, 1 KB reserved per block); less on devices with less shared memory per SM.
 constexpr size_t kForwardSmemBudget = 64 * 1024;
 constexpr size_t kBackwardSmemBudget = 113 * 1024;
+constexpr size_t kSmemReservedPerBlock = 1024;
 // Static-weight gradients: at most this many batch chunks (rows of fp32 partials) per segment.
 constexpr int64_t kMaxBatchChunks = 64;
 
 struct Device {
   int sms = 132;
-  size_t smem_optin = 227 * 1024;
+  size_t smem_optin = 227 * 1024;   // per block
+  size_t smem_per_sm = 228 * 1024;
 };
 
-Device current_device() {
+Device query_device(int dev) {
   Device d;
-  int dev = 0, v = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return d;
+  int v = 0;
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0) d.sms = v;
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && v > 0)
     d.smem_optin = static_cast<size_t>(v);
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) == cudaSuccess && v > 0)
+    d.smem_per_sm = static_cast<size_t>(v);
   return d;
+}
+
+// The current device's properties, queried once per device (at the first launch, never at import).
+Device current_device() {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag once[kMaxDevices];
+  static Device cache[kMaxDevices];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return Device{};
+  std::call_once(once[dev], [dev] { cache[dev] = query_device(dev); });
+  return cache[dev];
 }
 
 int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
@@ -45,6 +60,7 @@ struct Launch {
 };
 
 struct Plan {
+  Device device;
   std::vector<Launch> launches;
   bool partials = false;
   int64_t partial_rows = 0, slots = 0;
@@ -52,7 +68,8 @@ struct Plan {
 
 Plan make_plan(const DepthwiseProblem& pr, bool backward) {
   Plan plan;
-  const Device dev = current_device();
+  plan.device = current_device();
+  const Device& dev = plan.device;
   const int64_t B = pr.batch, C = pr.channels;
   const int H = static_cast<int>(pr.height), W = static_cast<int>(pr.width);
 
@@ -81,7 +98,8 @@ Plan make_plan(const DepthwiseProblem& pr, bool backward) {
   base.slots = base.weight_slots + (pr.per_sample_weights ? B * C : C);
   plan.slots = base.slots;
 
-  const size_t budget = std::min(backward ? kBackwardSmemBudget : kForwardSmemBudget, dev.smem_optin);
+  const size_t budget = std::min({backward ? kBackwardSmemBudget : kForwardSmemBudget, dev.smem_optin,
+                                  dev.smem_per_sm / (backward ? 2 : 3) - kSmemReservedPerBlock});
   const int lane_unit = 32 / gcd(tiles, 32);  // planes per block that fill whole warps
 
   std::vector<SegmentWork> work;
@@ -108,9 +126,9 @@ Plan make_plan(const DepthwiseProblem& pr, bool backward) {
     if (backward && !pr.per_sample_weights) {
       // Enough batch chunks that the blocks fill ~2 waves; fewer chunks mean fewer partial rows to reduce.
       const int threads = (planes * tiles + 31) / 32 * 32;
-      const size_t smem = smem_bytes(planes, threads) + 1024;
+      const size_t smem = smem_bytes(planes, threads) + kSmemReservedPerBlock;
       const int64_t resident = std::max<int64_t>(
-          1, std::min<int64_t>({2048 / threads, 65536 / (128 * threads), static_cast<int64_t>((dev.smem_optin + 1024) / smem)}));
+          1, std::min<int64_t>({2048 / threads, 65536 / (128 * threads), static_cast<int64_t>(dev.smem_per_sm / smem)}));
       const int64_t per_sample = static_cast<int64_t>(sw.groups) * spatial;
       const int64_t want =
           std::min({B, kMaxBatchChunks, (2 * dev.sms * resident + per_sample - 1) / per_sample});
@@ -203,8 +221,8 @@ bool valid(const DepthwiseProblem& pr) {
 
 size_t element_size(DType dtype) { return dtype == DType::Float32 ? 4 : 2; }
 
-cudaError_t check_launch(const Launch& l) {
-  if (l.blocks > INT32_MAX || l.smem > current_device().smem_optin) return cudaErrorInvalidConfiguration;
+cudaError_t check_launch(const Plan& plan, const Launch& l) {
+  if (l.blocks > INT32_MAX || l.smem > plan.device.smem_optin) return cudaErrorInvalidConfiguration;
   return cudaSuccess;
 }
 
@@ -222,7 +240,7 @@ cudaError_t depthwise_cuda_forward(DType dtype, const DepthwiseProblem& pr, cons
   const bool vstore = vec_store(pr.width, elem, {y});
   static std::atomic<size_t> granted[64];
   for (Launch l : plan.launches) {
-    cudaError_t err = check_launch(l);
+    cudaError_t err = check_launch(plan, l);
     if (err == cudaSuccess) err = allow_smem(depthwise_kernel<Pass::kForward>, l.smem, granted);
     if (err != cudaSuccess) return err;
     l.args.dtype = dtype;
@@ -254,7 +272,7 @@ cudaError_t depthwise_cuda_backward(DType dtype, const DepthwiseProblem& pr, con
   const bool vstore = vec_store(pr.width, elem, {grad_x});
   static std::atomic<size_t> granted[64];
   for (Launch l : plan.launches) {
-    cudaError_t err = check_launch(l);
+    cudaError_t err = check_launch(plan, l);
     if (err == cudaSuccess) err = allow_smem(depthwise_kernel<Pass::kBackward>, l.smem, granted);
     if (err != cudaSuccess) return err;
     l.args.dtype = dtype;
