@@ -4,6 +4,8 @@
 // and dispatches on its segment's kernel size (compile-time 1/3/5/7, run-time otherwise). The element type is a
 // run-time switch at the global-memory boundary only, so the unrolled tile code is compiled once, not per dtype.
 #pragma once
+#include <type_traits>
+
 #include "depthwise/depthwise_stage.cuh"
 #include "depthwise/depthwise_tile.cuh"
 
