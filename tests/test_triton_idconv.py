@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif("triton" not in transxnet_ops.available_backends
 # The interpreter uses numpy: no bfloat16 there.
 DTYPES = [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
 
-# (B, C, H, W, K): K = 1..15 (9 is the largest register-window K, 13 and 15 take the direct path); H or W < K;
-# B = 1, C = 1; H != W; C not a multiple of the planes per program (4 at W <= 8); W = 9: two columns per thread;
-# 37 x 70: 16 lanes x 5 columns (ragged); W = 150: 128-column tiles (two, ragged); 18 x 13: 16 x 16 direct
-# tiles, ragged.
+# (B, C, H, W, K): K = 1..15 (9 is the largest register-window K, 11-15 take the direct path); H or W < K;
+# B = 1, C = 1; H != W; C not a multiple of the 4 planes per program at W <= 8; W = 9: two columns per thread;
+# W = 70: 16 lanes x 5 columns, ragged; W = 150 at K = 7: two 128-column row segments in backward; W = 260: two
+# 256-column segments; 18 x 13: two 16 x 16 direct tiles, ragged.
 SHAPES = [(2, 3, 5, 6, 3), (1, 1, 1, 1, 1), (1, 1, 2, 3, 7), (2, 5, 4, 9, 5), (1, 2, 6, 5, 9), (1, 2, 9, 4, 13),
-          (1, 1, 37, 70, 3), (1, 1, 2, 150, 3), (1, 1, 3, 5, 15), (1, 1, 18, 13, 11)]
+          (1, 1, 37, 70, 3), (1, 1, 2, 150, 7), (1, 1, 1, 260, 3), (1, 1, 3, 5, 15), (1, 1, 18, 13, 11)]
 
 
 def _ops():
@@ -155,3 +155,17 @@ def test_large_tensor_int64_offsets_gpu():
     y = fwd(x, w, None)
     tail = slice(C - 2, C)
     assert rel_err(y[:, tail], reference.idconv(x[:, tail].double(), w[:, tail].double())) < 1e-2
+
+
+def test_largest_kernel_size():
+    """K = 31 (the largest the GPU backends accept) on a map smaller than the kernel: direct path, every tap
+    masked by the map edges except the centre ones."""
+    fwd, _ = _ops()
+    x, w, b = _inputs(1, 1, 3, 4, 31, torch.float64, requires_grad=True)
+    y = fwd(x, w, b)
+    grad_y = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), grad_y)
+    y_ref, expected = _reference_grads(x, w, b, grad_y)
+    assert rel_err(y, y_ref) < TOL[torch.float64]
+    for g, e in zip(got, expected):
+        assert rel_err(g, e) < TOL[torch.float64]

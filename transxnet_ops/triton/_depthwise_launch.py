@@ -49,24 +49,26 @@ def _pow2_at_least(n, cap):
     return p
 
 
-# Columns per thread of the register window, by kernel size: the backward holds K*K taps, K*K grad_weight
-# accumulators and 2*K*E row values per thread (sm_90, K = 7, E = 4: ~190 registers, no spills).
+# Columns per thread (E) of the register window. The forward holds K*K taps, K*E accumulators and two windows
+# of E + K - 1 inputs per thread; the backward adds K*K grad_weight accumulators and K*E rows of x, so its E
+# is capped by K (sm_90, bf16: forward K = 7, E = 7: 166 registers; backward K = 7, E = 4: 241; K = 9, E = 1:
+# 234; no spills).
 MAX_COLUMNS_FWD = 8
 MAX_COLUMNS_BWD = {1: 8, 3: 8, 5: 8, 7: 4}  # larger K: 1
 
 
 def window_config(W, k_max, backward):
-    """Register-window tile: LANES threads along a row, each owning E consecutive columns (one row segment of
-    LANES * E columns), BLOCK_P planes, one [BLOCK_P, LANES] element per thread on one warp. E grows with the
-    map (a loaded value then serves up to K*K taps: E + K - 1 loads feed E*K*K FMAs) up to a register cap;
-    the 32 // LANES planes of a one-warp program are consecutive channels. TransXNet, K = 7: 56 -> 8 lanes x 7 columns forward, 16 x 4 backward; 28 -> 4 x 7 /
-    8 x 4; 14 -> 8 x 2; 7 -> 8 x 1."""
+    """Register-window tile of a one-warp program: LANES threads along a row, each owning E consecutive columns
+    (a row segment of LANES * E columns; wider maps loop over segments), and 32 // LANES planes (consecutive
+    channels), one [BLOCK_P, LANES] element per thread. E + K - 1 loads per row feed E*K*K FMAs, so E grows up
+    to its register cap before more lanes are used. TransXNet, K = 7: W = 56 -> 8 lanes x 7 columns forward,
+    16 x 4 backward; 28 -> 8 x 4; 14 -> 8 x 2; 7 -> 8 x 1 (four 7x7 planes per warp)."""
     e_max = MAX_COLUMNS_BWD.get(k_max, 1) if backward else MAX_COLUMNS_FWD
     lanes = _pow2_at_least(W, 8)
     cols = 1
     while cols < e_max and lanes * cols < W:
         cols += 1
-    while lanes * cols < W and lanes < 16:  # wide maps: more lanes, then column tiles
+    while lanes * cols < W and lanes < 32:  # wide maps: more lanes, then row segments
         lanes *= 2
         cols = min(e_max, max(1, -(-W // lanes)))
     return dict(E=cols, LANES=lanes, BLOCK_P=32 // lanes, num_warps=1, num_stages=1)
