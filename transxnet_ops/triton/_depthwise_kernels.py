@@ -4,21 +4,23 @@ multi-scale dwconv2d; the launchers are idconv.py and dwconv.py.
 Layout: x, y, grad_y, grad_x are contiguous NCHW; a "plane" is one (b, c) map of H x W. Stride 1, zero padding
 K // 2. Accumulation is fp32 (fp64 for float64 inputs, which only the interpreter's gradcheck uses).
 
-Register-window path (K <= 9, `_dw_fwd` / `_dw_bwd`): a program owns BLOCK_P planes (consecutive channels of one
-sample; static weights also loop over a chunk of NB samples) and streams their rows top to bottom through a
-BLOCK_P x BLOCK_W tile, one element per thread. Triton cannot index registers, so the reuse is written with
-tuples that the compiler unrolls into registers:
-  - the K*K taps of each plane sit in registers (a tuple of [BLOCK_P, 1] tensors), loaded once per program;
-  - each input row is loaded K times, once per column shift (the shift folds into the load's immediate offset),
-    and every loaded value serves the K output rows it touches: K accumulators (one per pending output row)
-    roll down by one row per step, so the finished one is stored and a fresh one enters at the bottom;
-  - loads for row r + 1 are issued before the FMAs of row r (a one-row register prefetch).
-Per output element and K = 7 that is 7 loads for 49 FMAs; sm_90 SASS of the forward loop: 49 FFMA in ~100
-instructions. The backward is one pass: each grad_y row is loaded K times (shifted) and serves grad_x (the
-flipped-kernel correlation, rolling like the forward) and grad_weight (K*K register accumulators fed by K rolling
-unshifted rows of x); grad_bias is the sum of grad_y. grad_weight is reduced inside the program (over the tile,
-the rows and the program's samples): IDConv planes are finished there, static weights leave one fp32 partial per
-(sample chunk, channel) for `_dw_reduce_partials` (fixed order, no atomics).
+Register-window path (K <= 9, `_dw_fwd` / `_dw_bwd`): a one-warp program owns BLOCK_P planes (consecutive
+channels of one sample; static weights also loop over a chunk of NB samples). Each thread owns a run of E
+consecutive columns of one plane and streams all rows top to bottom (LANES threads per row segment). Triton
+cannot index registers, so the reuse is written with tuples that the compiler unrolls into registers:
+  - the plane's K*K taps sit in registers (a tuple of [BLOCK_P, 1] tensors), loaded once per program;
+  - per input row a thread loads the E + K - 1 columns its E outputs see (column shifts fold into the loads'
+    immediate offsets) and feeds E*K*K FMAs from them: each value serves up to K column taps of the E outputs
+    and all K output rows that row touches; K*E accumulators (one row of E per pending output row) roll down
+    one row per step, the finished row is stored and a fresh one (= bias) enters at the bottom;
+  - the loads of row r + 1 are issued before the FMAs of row r (one-row register prefetch).
+sm_90 SASS of the bf16 forward loop at K = 7, E = 7: 343 FFMA in 469 instructions (13 loads). The backward is one
+pass over grad_y rows: the same window of grad_y serves grad_x (the flipped-kernel correlation, rolling like the
+forward) and grad_weight (K*K register accumulators, fed by the K rows of x around the grad_y row that the thread
+keeps at its E columns, rolling too); grad_bias is the sum of grad_y (K = 7, E = 4: 392 FFMA in 515). grad_weight
+is reduced inside the program (over its rows, columns, samples, then across lanes): IDConv planes are finished
+there, static weights leave one fp32 partial per (sample chunk, channel) for `_dw_reduce_partials` (fixed
+order, no atomics).
 
 Multi-scale: up to four channel segments with their own constexpr kernel size (K0..K3) run in one launch; the
 program id picks the segment (launchers order segments by decreasing K so the heavy programs start first).
@@ -83,8 +85,9 @@ def _block_coords(local, c_count, NB, BLOCK_P: tl.constexpr):
 @triton.jit
 def _fwd_tile(x_tile, y_tile, offs, masks, taps, bias, H, W,
               K: tl.constexpr, E: tl.constexpr, IS_FP64: tl.constexpr):
-    """y = bias + x (*) taps over all rows of one column tile. x_tile / y_tile point at the tile's first plane,
-    row 0; offs locate each thread's first column; masks[d] tells whether its column d - K//2 is in the map."""
+    """y = bias + x (*) taps over all rows of one row segment (LANES * E columns). x_tile / y_tile point at the
+    segment's first plane, row 0; offs locate each thread's first column; masks[d]: its column d - K//2 is in
+    the map."""
     PAD: tl.constexpr = K // 2
     N: tl.constexpr = E + K - 1  # input columns a thread's E outputs see
     # accs[q * E + e]: output row r - PAD + q, column e, while input row r streams through (kernel row K-1-q)
@@ -172,7 +175,7 @@ def _dw_fwd(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
 @triton.jit
 def _bwd_tile(gy_tile, x_tile, gx_tile, offs, masks, taps, gws, gb, H, W,
               K: tl.constexpr, E: tl.constexpr, IS_FP64: tl.constexpr):
-    """One pass over all rows of a column tile (pointers as in _fwd_tile): writes grad_x, returns the K*K
+    """One pass over all rows of a row segment (pointers as in _fwd_tile): writes grad_x, returns the K*K
     grad_weight accumulators `gws` and the grad_bias accumulator `gb` with this tile's contributions added."""
     PAD: tl.constexpr = K // 2
     N: tl.constexpr = E + K - 1
