@@ -178,3 +178,16 @@ def test_compile_fullgraph(compile_backend):
     assert rel_err(got, expected) < 1e-5
     for g, e in zip(got_grads, expected_grads):
         assert rel_err(g, e) < 1e-5
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_large_tensor_int64_offsets_gpu():
+    """B*C*H*W > 2**31 elements (fp16: 4.5 GB): plane offsets must be 64-bit. Only the last planes are checked."""
+    fwd, _ = _ops()
+    B, C, H, W = 1, 700, 1792, 1792
+    x = torch.randn(B, C, H, W, device="cuda", dtype=torch.float16)
+    w = torch.randn(C * 9, device="cuda", dtype=torch.float16)
+    y = fwd(x, w, None, [C], [3])
+    tail = slice(C - 2, C)
+    expected = reference.dwconv2d(x[:, tail].double(), w[-2 * 9:].double(), None, [2], [3])
+    assert rel_err(y[:, tail], expected) < 1e-2
