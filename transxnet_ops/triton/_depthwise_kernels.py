@@ -103,7 +103,7 @@ def _fwd_tile(x_tile, y_tile, offs, masks, taps, bias, H, W,
             for e in tl.static_range(E):
                 acc = accs[q * E + e]
                 for j in tl.static_range(K):
-                    acc = tl.fma(taps[(K - 1 - q) * K + j], xs[e + j], acc)
+                    acc += taps[(K - 1 - q) * K + j] * xs[e + j]
                 done = done + (acc,)
         out = y_tile + (r - PAD) * W + offs
         for e in tl.static_range(E):
@@ -210,14 +210,14 @@ def _bwd_tile(gy_tile, x_tile, gx_tile, offs, masks, taps, gws, gb, H, W,
             for e in tl.static_range(E):
                 acc = gxs[q * E + e]
                 for j in tl.static_range(K):
-                    acc = tl.fma(taps[q * K + j], g[e + K - 1 - j], acc)
+                    acc += taps[q * K + j] * g[e + K - 1 - j]
                 done = done + (acc,)
         gws_new = ()
         for i in tl.static_range(K):
             for j in tl.static_range(K):
                 acc = gws[i * K + j]
                 for e in tl.static_range(E):
-                    acc = tl.fma(g[e + K - 1 - j], xr[i * E + e], acc)
+                    acc += g[e + K - 1 - j] * xr[i * E + e]
                 gws_new = gws_new + (acc,)
         gws = gws_new
         out = gx_tile + (s - PAD) * W + offs
