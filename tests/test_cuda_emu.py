@@ -34,7 +34,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 # cudaError_t values (driver_types.h)
 SUCCESS, INVALID_VALUE, INVALID_CONFIGURATION = 0, 1, 9
 INVALID_RESOURCE_HANDLE, ILLEGAL_ADDRESS, LAUNCH_OUT_OF_RESOURCES = 400, 700, 701
-ASSERT, MISALIGNED, LAUNCH_FAILURE = 710, 716, 719
+LAUNCH_TIMEOUT, ASSERT, MISALIGNED, LAUNCH_FAILURE = 702, 710, 716, 719
 
 
 def test_source_rewriting():
@@ -288,10 +288,15 @@ def test_static_shared_memory_of_template_instantiations(emu):
     (7, ILLEGAL_ADDRESS, "stack overflow"),
     (8, ASSERT, "__trap"),
     (9, LAUNCH_FAILURE, "not in its mask"),
+    (10, LAUNCH_TIMEOUT, "spin-wait"),
 ])
 def test_broken_kernels_fail_instead_of_hanging(emu, kind, code, message):
     out = torch.zeros(128)
-    got = selftest("misbehave", [out], [kind])
+    previous_timeout = ops.emu_set_timeout(2.0)  # the watchdog (kind 10)
+    try:
+        got = selftest("misbehave", [out], [kind])
+    finally:
+        ops.emu_set_timeout(previous_timeout)
     assert got == code, ops.emu_error_string(got)
     assert message in ops.emu_error_string(got) and "misbehave_kernel" in ops.emu_error_string(got)
     ok = torch.zeros(3, dtype=torch.int32)  # the emulator is usable afterwards
