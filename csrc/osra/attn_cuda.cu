@@ -1,6 +1,35 @@
-// OSRA attention CUDA kernels, flash-style: one thread per query row (forward, grad_q, grad_bias) or key row
-// (grad_k/grad_v); key/query tiles and the matching bias tile are staged in shared memory, the scores of a
-// tile live in registers only. fp32 accumulation; head dims up to 128 (register arrays sized DMAX).
+// OSRA attention on CUDA: out = softmax(scale q k^T + bias) v, for tiny key sets (TransXNet: M = 49) and large ones.
+//
+// Forward (attn_forward_kernel). A block is 4 warps on 64-query-row tiles of one (b, h); warp w owns rows
+// [16w, 16w + 16). Keys come in chunks of KC rows staged in shared memory with V; when all keys fit (M <= 256 and
+// the tiles fit in half an SM's shared memory: TransXNet's M = 49 -> KC = 64) there is one chunk, K and V are
+// staged once per block for several query tiles, and the softmax is exact (no rescaling). Scores come from WMMA
+// (bf16/fp16 m16n16k16; fp32 as 3xTF32, see attn_mma.cuh) into fp32 shared memory, where plain threads add the
+// bias, take row max / exp / sum, and write P in the input type over the scores; O += P V on tensor cores.
+// Larger M runs the same kernel over several chunks with an online softmax (O kept in fp32 shared memory).
+//
+// Backward (attn_backward_kernel), one pass per block = (batch chunk, h, query chunk of T tiles, key chunk):
+//   for b in the batch chunk:                       dK, dV of (b, h) live in WMMA accumulators (registers)
+//     stage K, V of b
+//     for each tile of the query chunk:             dbias of the query chunk lives in WMMA accumulators too
+//       recompute S and P from lse, delta = rowsum(dO * O) in-kernel, dP = dO V^T, dS = P (dP - delta)
+//       dq = scale dS K, written directly (single key chunk)
+//       dbias += dS;  dK += dS^T Q;  dV += P^T dO
+//     write dK, dV of b: in the output type if the query chunk is all of N, else as an fp32 partial
+//   write dbias of the query chunk as an fp32 partial of the batch chunk
+// The two reductions run over different axes (dK/dV over queries, dbias over the batch), so one of them must
+// survive a loop: with b outer, dK/dV stay in registers for the tiles of one b, and the dbias of the query chunk
+// (T tiles x KC keys, at most 8 fragments per warp) stays in registers across the batch chunk; neither is ever
+// read back from memory. The partial traffic is q_chunks * B*H*M*D*8 + b_chunks * H*N*M*4 bytes, and the plan
+// picks T and the batch chunk that minimise it while launching at least max(2, blocks per SM) blocks per SM
+// (TransXNet T1: T = 2, 25 query chunks, ~11-18 batch chunks; see osra_cuda_backward_workspace). Small reduction
+// kernels then sum the partials in a fixed order (deterministic, no atomics) and cast to the output type.
+// With large M (several key chunks) or when it moves fewer bytes, the work is split into passes of the same
+// kernel - dK/dV with long query chunks, dbias with whole-batch chunks - plus attn_dq_kernel, which loops over
+// the key chunks of one query tile and accumulates dq in fp32 shared memory.
+//
+// Head dims up to 128 (padded to a multiple of 16 with zero columns, e.g. 24 -> 32) and KC are runtime values:
+// one instantiation per dtype and kernel, no register arrays sized by the head dim.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -8,369 +37,743 @@
 
 #include "cuda_utils.cuh"
 #include "osra/attn_launch.h"
+#include "osra/attn_mma.cuh"
+#include "osra/attn_strip.cuh"
+#include "osra/attn_tile.cuh"
 
 namespace transxnet_ops {
+namespace attn {
 namespace {
 
-constexpr int kRows = 128;  // query rows per block (one per thread)
+constexpr int kMaxDkvFrags = 4;     // WMMA accumulators per warp for dK/dV: KC * Dp <= 2048
+constexpr int kMaxDbiasFrags = 8;   // and for the dbias of a query chunk: tiles * KC / 16 <= 8
+constexpr int kMaxAllKeys = 256;    // the forward stages all keys at once up to this M
+constexpr int kReduceThreads = 256;
 
-template <int DMAX>
-constexpr int keys_per_tile() { return DMAX >= 128 ? 16 : 32; }
-
-__device__ __forceinline__ int64_t bias_slice(const AttnShape& s, int64_t b, int64_t h) {
-  return ((s.Bb == 1 ? 0 : b) * s.Hb + (s.Hb == 1 ? 0 : h)) * s.N * s.M;
+__device__ __forceinline__ int clamp_rows(int64_t left, int cap) {
+  return static_cast<int>(left < 0 ? 0 : left > cap ? cap : left);
 }
 
-// Load a (DMAX,) row of a (rows, D) matrix into registers, times `mul`; zeros past D or for invalid rows.
-template <typename T, int DMAX>
-__device__ __forceinline__ void load_row(const T* base, int64_t row, int64_t D, bool valid, float mul, float* r) {
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) r[d] = (valid && d < D) ? mul * to_float(base[row * D + d]) : 0.f;
-}
-
-// Stage KEYS rows of k and v (zero-padded) and the bias tile for query rows [n0, n0+kRows), keys [m0, m0+KEYS).
-template <typename T, int DMAX, int KEYS>
-__device__ __forceinline__ void load_key_tile(const T* k, const T* v, const T* bias_bh, const AttnShape& s,
-                                              int64_t bh, int64_t n0, int64_t m0, float (*s_k)[DMAX],
-                                              float (*s_v)[DMAX], float (*s_bias)[KEYS + 1]) {
-  for (int e = threadIdx.x; e < KEYS * DMAX; e += blockDim.x) {
-    const int j = e / DMAX, d = e % DMAX;
-    const int64_t m = m0 + j;
-    const bool ok = m < s.M && d < s.D;
-    s_k[j][d] = ok ? to_float(k[(bh * s.M + m) * s.D + d]) : 0.f;
-    s_v[j][d] = ok ? to_float(v[(bh * s.M + m) * s.D + d]) : 0.f;
-  }
-  for (int e = threadIdx.x; e < kRows * KEYS; e += blockDim.x) {
-    const int r = e / KEYS, c = e % KEYS;
-    const int64_t n = n0 + r, m = m0 + c;
-    s_bias[r][c] = (bias_bh && n < s.N && m < s.M) ? to_float(bias_bh[n * s.M + m]) : 0.f;
-  }
-}
-
-template <int DMAX>
-__device__ __forceinline__ float dot_row(const float* a, const float* b) {
-  float acc = 0.f;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) acc = fmaf(a[d], b[d], acc);
-  return acc;
-}
-
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kRows)
-    attn_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                        const T* __restrict__ bias, T* __restrict__ out, float* __restrict__ lse, AttnShape s,
-                        float scale, int64_t row_blocks) {
-  constexpr int KEYS = keys_per_tile<DMAX>();
-  __shared__ float s_k[KEYS][DMAX], s_v[KEYS][DMAX], s_bias[kRows][KEYS + 1];
-  const int64_t bh = blockIdx.x / row_blocks, n0 = (blockIdx.x % row_blocks) * kRows;
-  const int64_t n = n0 + threadIdx.x;
-  const bool valid = n < s.N;
-  const T* bias_bh = bias ? bias + bias_slice(s, bh / s.H, bh % s.H) : nullptr;
-
-  float qr[DMAX], acc[DMAX];
-  load_row<T, DMAX>(q, bh * s.N + n, s.D, valid, scale, qr);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) acc[d] = 0.f;
-  float row_max = -INFINITY, row_sum = 0.f;
-
-  for (int64_t m0 = 0; m0 < s.M; m0 += KEYS) {
-    __syncthreads();  // the previous tile is consumed
-    load_key_tile<T, DMAX, KEYS>(k, v, bias_bh, s, bh, n0, m0, s_k, s_v, s_bias);
-    __syncthreads();
-    const int keys = static_cast<int>(min64(KEYS, s.M - m0));
-    float sc[KEYS];
-    float tile_max = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      sc[j] = j < keys ? dot_row<DMAX>(qr, s_k[j]) + s_bias[threadIdx.x][j] : -INFINITY;
-      tile_max = fmaxf(tile_max, sc[j]);
-    }
-    const float new_max = fmaxf(row_max, tile_max);
-    const float alpha = __expf(row_max - new_max);  // 0 on the first tile
-    row_sum *= alpha;
-#pragma unroll
-    for (int d = 0; d < DMAX; ++d) acc[d] *= alpha;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      if (j < keys) {
-        const float p = __expf(sc[j] - new_max);
-        row_sum += p;
-#pragma unroll
-        for (int d = 0; d < DMAX; ++d) acc[d] = fmaf(p, s_v[j][d], acc[d]);
-      }
-    }
-    row_max = new_max;
-  }
-  if (!valid) return;
-  const int64_t row = bh * s.N + n;
-  const float inv = 1.f / row_sum;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d)
-    if (d < s.D) out[row * s.D + d] = from_float<T>(acc[d] * inv);
-  lse[row] = row_max + logf(row_sum);
-}
-
-// delta = rowsum(grad_out * out), the softmax-backward correction of every query row.
+// ------------------------------------------------------------------------------------------------ forward
 template <typename T>
-__global__ void attn_delta_kernel(const T* __restrict__ grad_out, const T* __restrict__ out, float* __restrict__ delta,
-                                  int64_t rows, int64_t D) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= rows) return;
-  float acc = 0.f;
-  for (int64_t d = 0; d < D; ++d) acc = fmaf(to_float(grad_out[row * D + d]), to_float(out[row * D + d]), acc);
-  delta[row] = acc;
-}
+struct ForwardArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* bias;
+  T* out;
+  float* lse;
+  int64_t B, H, N, M, D, Bb, Hb;
+  float scale;
+  int Dp, KC;
+  int tiles_per_block;
+  int64_t groups;  // blocks per (b, h)
+};
 
-// grad_q per query row: dS = p * (dO.v - delta), dq = scale * sum_m dS k.
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kRows)
-    attn_grad_q_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                       const T* __restrict__ bias, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                       const float* __restrict__ delta, T* __restrict__ grad_q, AttnShape s, float scale,
-                       int64_t row_blocks) {
-  constexpr int KEYS = keys_per_tile<DMAX>();
-  __shared__ float s_k[KEYS][DMAX], s_v[KEYS][DMAX], s_bias[kRows][KEYS + 1];
-  const int64_t bh = blockIdx.x / row_blocks, n0 = (blockIdx.x % row_blocks) * kRows;
-  const int64_t n = n0 + threadIdx.x, row = bh * s.N + n;
-  const bool valid = n < s.N;
-  const T* bias_bh = bias ? bias + bias_slice(s, bh / s.H, bh % s.H) : nullptr;
-  float qr[DMAX], gor[DMAX], dq[DMAX];
-  load_row<T, DMAX>(q, row, s.D, valid, scale, qr);
-  load_row<T, DMAX>(grad_out, row, s.D, valid, 1.f, gor);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) dq[d] = 0.f;
-  const float row_lse = valid ? lse[row] : 0.f, row_delta = valid ? delta[row] : 0.f;
-
-  for (int64_t m0 = 0; m0 < s.M; m0 += KEYS) {
-    __syncthreads();
-    load_key_tile<T, DMAX, KEYS>(k, v, bias_bh, s, bh, n0, m0, s_k, s_v, s_bias);
-    __syncthreads();
-    const int keys = static_cast<int>(min64(KEYS, s.M - m0));
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      if (j < keys) {
-        const float p = __expf(dot_row<DMAX>(qr, s_k[j]) + s_bias[threadIdx.x][j] - row_lse);
-        const float ds = p * (dot_row<DMAX>(gor, s_v[j]) - row_delta);
-#pragma unroll
-        for (int d = 0; d < DMAX; ++d) dq[d] = fmaf(ds, s_k[j][d], dq[d]);
-      }
-    }
-  }
-  if (!valid) return;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d)
-    if (d < s.D) grad_q[row * s.D + d] = from_float<T>(scale * dq[d]);
-}
-
-constexpr int kKeyThreads = 64;   // key rows per grad_k/grad_v block
-constexpr int kQueryTile = 32;    // query rows staged per step
-
-// Partial grad_k (without scale) and grad_v of one key block over one chunk of queries.
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kKeyThreads)
-    attn_grad_kv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                        const T* __restrict__ bias, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                        const float* __restrict__ delta, float* __restrict__ partial, AttnShape s, float scale,
-                        int64_t key_blocks, int64_t chunks, int64_t chunk_rows) {
-  __shared__ float s_q[kQueryTile][DMAX], s_do[kQueryTile][DMAX], s_bias[kQueryTile][kKeyThreads + 1];
-  __shared__ float s_lse[kQueryTile], s_delta[kQueryTile];
-  const int64_t chunk = blockIdx.x % chunks, kb = (blockIdx.x / chunks) % key_blocks;
-  const int64_t bh = blockIdx.x / (chunks * key_blocks);
-  const int64_t m = kb * kKeyThreads + threadIdx.x;
-  const bool valid = m < s.M;
-  const T* bias_bh = bias ? bias + bias_slice(s, bh / s.H, bh % s.H) : nullptr;
-  float kr[DMAX], vr[DMAX], dk[DMAX], dv[DMAX];
-  load_row<T, DMAX>(k, bh * s.M + m, s.D, valid, scale, kr);
-  load_row<T, DMAX>(v, bh * s.M + m, s.D, valid, 1.f, vr);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) dk[d] = dv[d] = 0.f;
-
-  const int64_t n_begin = chunk * chunk_rows, n_end = min64(s.N, n_begin + chunk_rows);
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kQueryTile) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < kQueryTile * DMAX; e += blockDim.x) {
-      const int r = e / DMAX, d = e % DMAX;
-      const int64_t n = n0 + r;
-      const bool ok = n < n_end && d < s.D;
-      s_q[r][d] = ok ? to_float(q[(bh * s.N + n) * s.D + d]) : 0.f;
-      s_do[r][d] = ok ? to_float(grad_out[(bh * s.N + n) * s.D + d]) : 0.f;
-    }
-    for (int e = threadIdx.x; e < kQueryTile * kKeyThreads; e += blockDim.x) {
-      const int r = e / kKeyThreads, c = e % kKeyThreads;
-      const int64_t n = n0 + r, mm = kb * kKeyThreads + c;
-      s_bias[r][c] = (bias_bh && n < n_end && mm < s.M) ? to_float(bias_bh[n * s.M + mm]) : 0.f;
-    }
-    for (int r = threadIdx.x; r < kQueryTile; r += blockDim.x) {
-      const int64_t n = n0 + r;
-      s_lse[r] = n < n_end ? lse[bh * s.N + n] : 0.f;
-      s_delta[r] = n < n_end ? delta[bh * s.N + n] : 0.f;
-    }
-    __syncthreads();
-    const int rows = static_cast<int>(min64(kQueryTile, n_end - n0));
-    for (int r = 0; r < rows; ++r) {
-      const float p = __expf(dot_row<DMAX>(kr, s_q[r]) + s_bias[r][threadIdx.x] - s_lse[r]);
-      const float ds = p * (dot_row<DMAX>(vr, s_do[r]) - s_delta[r]);
-#pragma unroll
-      for (int d = 0; d < DMAX; ++d) {
-        dv[d] = fmaf(p, s_do[r][d], dv[d]);
-        dk[d] = fmaf(ds, s_q[r][d], dk[d]);
-      }
-    }
-  }
-  if (!valid) return;
-  const int64_t MD = s.M * s.D;
-  float* dk_out = partial + (bh * chunks + chunk) * MD + m * s.D;
-  float* dv_out = dk_out + s.B * s.H * chunks * MD;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) {
-    if (d < s.D) {
-      dk_out[d] = dk[d];
-      dv_out[d] = dv[d];
-    }
-  }
-}
-
-// grad_k = scale * sum of the chunk partials, grad_v = sum, in chunk order.
 template <typename T>
-__global__ void attn_reduce_kv_kernel(const float* __restrict__ partial, T* __restrict__ grad_k,
-                                      T* __restrict__ grad_v, AttnShape s, int64_t chunks, float scale) {
-  const int64_t MD = s.M * s.D, total = s.B * s.H * MD;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int64_t bh = idx / MD, e = idx % MD;
-  float dk = 0.f, dv = 0.f;
-  for (int64_t c = 0; c < chunks; ++c) {
-    dk += partial[(bh * chunks + c) * MD + e];
-    dv += partial[total * chunks + (bh * chunks + c) * MD + e];
+__global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const ForwardArgs<T> a) {
+  TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
+  unsigned char* smem = align_smem(smem_raw);
+  const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
+  const ForwardSmem L = forward_smem(g, sizeof(T));
+  T* sK = reinterpret_cast<T*>(smem + L.k);
+  T* sV = reinterpret_cast<T*>(smem + L.v);
+  T* sQ = reinterpret_cast<T*>(smem + L.q);
+  float* sS = reinterpret_cast<float*>(smem + L.s);
+  float* sO = reinterpret_cast<float*>(smem + L.o);
+  float* row_scale = reinterpret_cast<float*>(smem + L.row_scale);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  zero_smem(smem, L.bytes - kSmemAlign, tid, kThreads);  // zero padding columns and rows, set once
+
+  const int64_t bh = blockIdx.x / a.groups, b = bh / a.H, h = bh % a.H;
+  const int64_t tiles = (a.N + kTileRows - 1) / kTileRows;
+  const int64_t t_begin = (blockIdx.x % a.groups) * a.tiles_per_block;
+  const int64_t t_end = t_begin + a.tiles_per_block < tiles ? t_begin + a.tiles_per_block : tiles;
+  const T* q_bh = a.q + bh * a.N * a.D;
+  const T* k_bh = a.k + bh * a.M * a.D;
+  const T* v_bh = a.v + bh * a.M * a.D;
+  const T* bias_bh = a.bias ? a.bias + bias_slice_offset(b, h, a.Bb, a.Hb, a.N, a.M) : nullptr;
+  const int64_t chunks = (a.M + a.KC - 1) / a.KC;
+  float* S = sS + 16 * warp * g.lds;
+  float* O = sO + 16 * warp * g.ldo;
+  __syncthreads();
+  if (chunks == 1) {  // all keys: staged once for every tile of the block
+    load_rows(sK, g.ldx, k_bh, static_cast<int>(a.M), static_cast<int>(a.D), tid, kThreads);
+    load_rows(sV, g.ldx, v_bh, static_cast<int>(a.M), static_cast<int>(a.D), tid, kThreads);
   }
-  grad_k[idx] = from_float<T>(scale * dk);
-  grad_v[idx] = from_float<T>(dv);
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t n0 = t * kTileRows;
+    const int rows = clamp_rows(a.N - n0, kTileRows);
+    load_rows(sQ, g.ldx, q_bh + n0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+    if (rows < kTileRows) zero_rows(sQ, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
+    const int strip_rows = clamp_rows(rows - 16 * warp, 16);
+    float m[4], l[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = -INFINITY, l[i] = 0.f;
+
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t m0 = c * a.KC;
+      const int kvalid = clamp_rows(a.M - m0, a.KC);
+      if (chunks > 1) {
+        if (c > 0) __syncthreads();  // every warp is done with the previous chunk's K, V
+        load_rows(sK, g.ldx, k_bh + m0 * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+        load_rows(sV, g.ldx, v_bh + m0 * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+        if (kvalid < a.KC) {
+          zero_rows(sK, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
+          zero_rows(sV, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
+        }
+      }
+      stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, rows, a.KC, kvalid, tid, kThreads);
+      __syncthreads();
+      scores_strip<T>(S, g.lds, sQ + 16 * warp * g.ldx, sK, g, a.scale);
+      softmax_strip<T>(S, g.lds, O, g.ldo, g, c > 0, m, l, lane);
+      const T* P = reinterpret_cast<const T*>(S);
+      const int ldp = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
+      for (int d = 0; d < g.Dp; d += 16) {  // O += P V
+        AccFrag<T> acc;
+        if (c == 0) {
+          wmma::fill_fragment(acc, 0.f);
+        } else {
+          wmma::load_matrix_sync(acc, O + d, g.ldo, wmma::mem_row_major);
+        }
+        mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, P, ldp, sV + d, g.ldx, a.KC);
+        wmma::store_matrix_sync(O + d, acc, g.ldo, wmma::mem_row_major);
+      }
+      __syncwarp();
+    }
+
+#pragma unroll
+    for (int pass = 0; pass < 4; ++pass) {
+      const int r = 4 * pass + lane / 8;
+      if (lane % 8 == 0) {
+        row_scale[16 * warp + r] = 1.f / l[pass];
+        if (r < strip_rows) a.lse[bh * a.N + n0 + 16 * warp + r] = m[pass] + __logf(l[pass]);
+      }
+    }
+    __syncwarp();
+    if (strip_rows > 0) {
+      store_rows(a.out + (bh * a.N + n0 + 16 * warp) * a.D, O, g.ldo, strip_rows, static_cast<int>(a.D),
+                 row_scale + 16 * warp, 1.f, lane);
+    }
+    __syncthreads();  // sQ (and a single chunk's sK, sV) are read by every warp
+  }
 }
 
-// grad_bias for one (bias slice, query block, key tile): dS summed over the (b, h) pairs that share the slice,
-// in registers, written once.
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kRows)
-    attn_grad_bias_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                          const T* __restrict__ bias, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                          const float* __restrict__ delta, T* __restrict__ grad_bias, AttnShape s, float scale,
-                          int64_t row_blocks, int64_t key_tiles) {
-  constexpr int KEYS = keys_per_tile<DMAX>();
-  __shared__ float s_k[KEYS][DMAX], s_v[KEYS][DMAX], s_bias[kRows][KEYS + 1];
-  const int64_t kt = blockIdx.x % key_tiles, rb = (blockIdx.x / key_tiles) % row_blocks;
-  const int64_t slice = blockIdx.x / (key_tiles * row_blocks);
-  const int64_t bb = slice / s.Hb, hb = slice % s.Hb;
-  const int64_t n0 = rb * kRows, m0 = kt * KEYS, n = n0 + threadIdx.x;
-  const bool valid = n < s.N;
-  const int keys = static_cast<int>(min64(KEYS, s.M - m0));
-  float acc[KEYS];
+// ------------------------------------------------------------------------------------------------ backward
+template <typename T>
+struct BackwardArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* bias;
+  const T* dout;
+  const T* out;
+  const float* lse;
+  T* dq;                // written here (a single key chunk), or null
+  T* dk;                // dK, dV in the output type when the query chunk is all of N
+  T* dv;
+  float* dkv_partial;   // else [q_chunks][B*H*M*D] for dK, then the same for dV; null: no dK/dV in this pass
+  float* dbias_partial; // [b_chunks][H][N][M], or null: no dbias in this pass
+  int64_t B, H, N, M, D, Bb, Hb;
+  float scale;
+  int Dp, KC;
+  int64_t key_chunks;
+  int tiles_per_qchunk;
+  int64_t q_chunks;
+  int batch_per_chunk;
+  int64_t b_chunks;
+};
+
+// Write rows [0, rows) x cols [0, cols) of a 16x16 block that the warp has just stored at `scratch` (stride lds)
+// to dst (row stride ld), times `scale`.
+template <typename Dst>
+__device__ __forceinline__ void write_scratch(const float* scratch, int lds, Dst* dst, int64_t ld, int rows, int cols,
+                                              float scale, int lane) {
+  __syncwarp();
+#pragma unroll 1
+  for (int e = lane; e < 256; e += 32) {
+    const int r = e / 16, c = e % 16;
+    if (r < rows && c < cols) dst[r * ld + c] = from_float<Dst>(scale * scratch[r * lds + c]);
+  }
+  __syncwarp();
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const BackwardArgs<T> a) {
+  TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
+  unsigned char* smem = align_smem(smem_raw);
+  const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
+  const BackwardSmem L = backward_smem(g, sizeof(T));
+  T* sK = reinterpret_cast<T*>(smem + L.k);
+  T* sV = reinterpret_cast<T*>(smem + L.v);
+  T* sQ = reinterpret_cast<T*>(smem + L.q);
+  T* sdO = reinterpret_cast<T*>(smem + L.dout);
+  float* sS = reinterpret_cast<float*>(smem + L.s);
+  T* sP = reinterpret_cast<T*>(smem + L.p);
+  float* sdQ = reinterpret_cast<float*>(smem + L.dq);
+  float* row_lse = reinterpret_cast<float*>(smem + L.row_lse);
+  float* row_delta = reinterpret_cast<float*>(smem + L.row_delta);
+  const T* sdS = reinterpret_cast<const T*>(sS);  // dS in the operand type, over the fp32 scores
+  const int lddS = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
+  // The out tile (for delta) is staged over the dq rows, with their byte stride: each warp reads its strip of it
+  // before writing the same bytes with its dq.
+  T* sOut = reinterpret_cast<T*>(sdQ);
+  const int ld_out = g.ldo * static_cast<int>(sizeof(float) / sizeof(T));
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  zero_smem(smem, L.bytes - kSmemAlign, tid, kThreads);
+
+  // blockIdx.x = ((bc * H + h) * q_chunks + qc) * key_chunks + kc
+  int64_t idx = blockIdx.x;
+  const int64_t kc = idx % a.key_chunks;
+  idx /= a.key_chunks;
+  const int64_t qc = idx % a.q_chunks;
+  idx /= a.q_chunks;
+  const int64_t h = idx % a.H, bc = idx / a.H;
+  const int64_t m0 = kc * a.KC;
+  const int kvalid = clamp_rows(a.M - m0, a.KC);
+  const int64_t tiles = (a.N + kTileRows - 1) / kTileRows;
+  const int64_t t_begin = qc * a.tiles_per_qchunk;
+  const int ntiles = clamp_rows(tiles - t_begin, a.tiles_per_qchunk);
+  const int64_t b_begin = bc * a.batch_per_chunk;
+  const int64_t b_end = b_begin + a.batch_per_chunk < a.B ? b_begin + a.batch_per_chunk : a.B;
+  const int key_tiles = a.KC / 16, d_tiles = g.Dp / 16, kv_tiles = key_tiles * d_tiles;
+  const bool want_dkv = a.dkv_partial != nullptr || a.dk != nullptr;
+  const bool want_dbias = a.dbias_partial != nullptr;
+  float* S = sS + 16 * warp * g.lds;  // the warp's strip; also its scratch for writing accumulators
+  T* P = sP + 16 * warp * g.ldp;
+
+  AccFrag<T> dbias[kMaxDbiasFrags];  // fragment f: tile f / key_tiles, key tile f % key_tiles of the warp's strips
 #pragma unroll
-  for (int j = 0; j < KEYS; ++j) acc[j] = 0.f;
-  const int64_t pairs_b = s.B / s.Bb, pairs_h = s.H / s.Hb;
-  for (int64_t pb = 0; pb < pairs_b; ++pb) {
-    for (int64_t ph = 0; ph < pairs_h; ++ph) {
-      const int64_t b = s.Bb == 1 ? pb : bb, h = s.Hb == 1 ? ph : hb, bh = b * s.H + h, row = bh * s.N + n;
-      __syncthreads();
-      load_key_tile<T, DMAX, KEYS>(k, v, bias + bias_slice(s, b, h), s, bh, n0, m0, s_k, s_v, s_bias);
-      __syncthreads();
-      float qr[DMAX], gor[DMAX];
-      load_row<T, DMAX>(q, row, s.D, valid, scale, qr);
-      load_row<T, DMAX>(grad_out, row, s.D, valid, 1.f, gor);
-      const float row_lse = valid ? lse[row] : 0.f, row_delta = valid ? delta[row] : 0.f;
+  for (int f = 0; f < kMaxDbiasFrags; ++f) wmma::fill_fragment(dbias[f], 0.f);
+  __syncthreads();
+
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const int64_t bh = b * a.H + h;
+    const T* bias_bh = a.bias ? a.bias + bias_slice_offset(b, h, a.Bb, a.Hb, a.N, a.M) : nullptr;
+    // Rows past kvalid stay zero: kvalid is the same for every b of the block.
+    load_rows(sK, g.ldx, a.k + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+    load_rows(sV, g.ldx, a.v + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+    AccFrag<T> dkv[kMaxDkvFrags];  // fragment f: output tile warp + 4f of [dV tiles..., dK tiles...]
 #pragma unroll
-      for (int j = 0; j < KEYS; ++j) {
-        if (j < keys) {
-          const float p = __expf(dot_row<DMAX>(qr, s_k[j]) + s_bias[threadIdx.x][j] - row_lse);
-          acc[j] += p * (dot_row<DMAX>(gor, s_v[j]) - row_delta);
+    for (int f = 0; f < kMaxDkvFrags; ++f) wmma::fill_fragment(dkv[f], 0.f);
+
+    for (int t = 0; t < ntiles; ++t) {
+      const int64_t n0 = (t_begin + t) * kTileRows, row0 = bh * a.N + n0;
+      const int rows = clamp_rows(a.N - n0, kTileRows);
+      load_rows(sQ, g.ldx, a.q + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+      load_rows(sdO, g.ldx, a.dout + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+      load_rows(sOut, ld_out, a.out + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+      if (rows < kTileRows) {  // rows past N must not carry a previous tile's values into dK/dV
+        zero_rows(sQ, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
+        zero_rows(sdO, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
+        zero_rows(sOut, ld_out, rows, kTileRows, g.Dp, tid, kThreads);
+      }
+      for (int r = tid; r < kTileRows; r += kThreads) row_lse[r] = r < rows ? a.lse[row0 + r] : 0.f;
+      stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, rows, a.KC, kvalid, tid, kThreads);
+      __syncthreads();
+
+      const int strip_rows = clamp_rows(rows - 16 * warp, 16);
+      const T* Qs = sQ + 16 * warp * g.ldx;
+      const T* dOs = sdO + 16 * warp * g.ldx;
+      delta_strip(row_delta + 16 * warp, dOs, g.ldx, sOut + 16 * warp * ld_out, ld_out, static_cast<int>(a.D), lane);
+      gradients_strip<T>(S, g.lds, P, g.ldp, Qs, dOs, sK, sV, g, row_lse + 16 * warp, row_delta + 16 * warp,
+                         strip_rows, a.scale, lane);
+      if (want_dbias) {
+#pragma unroll 1
+        for (int j = 0; j < key_tiles; ++j) {
+          AccFrag<T> ds;
+          wmma::load_matrix_sync(ds, S + 16 * j, g.lds, wmma::mem_row_major);
+          with_frag(dbias, t * key_tiles + j, [&](AccFrag<T>& acc) { add_frag<T>(acc, ds); });
+        }
+        __syncwarp();
+      }
+      strip_to_operand<T>(S, g.lds, a.KC, lane);
+      if (a.dq != nullptr) {  // dq = scale dS K, complete: this block sees every key
+        float* dQs = sdQ + 16 * warp * g.ldo;
+        for (int d = 0; d < g.Dp; d += 16) {
+          AccFrag<T> acc;
+          wmma::fill_fragment(acc, 0.f);
+          mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, sdS + 16 * warp * lddS, lddS, sK + d, g.ldx,
+                                                              a.KC);
+          wmma::store_matrix_sync(dQs + d, acc, g.ldo, wmma::mem_row_major);
+        }
+        __syncwarp();
+        if (strip_rows > 0) {
+          store_rows(a.dq + (row0 + 16 * warp) * a.D, dQs, g.ldo, strip_rows, static_cast<int>(a.D), nullptr,
+                     a.scale, lane);
+        }
+      }
+      __syncthreads();  // P and dS of every strip are complete
+
+      if (want_dkv) {  // dV += P^T dO, dK += dS^T Q over the tile's 64 rows
+#pragma unroll 1
+        for (int f = 0; f < kMaxDkvFrags && warp + kWarps * f < 2 * kv_tiles; ++f) {
+          const int tile = warp + kWarps * f;
+          const int kind = tile / kv_tiles, mi = (tile % kv_tiles) / d_tiles, di = tile % d_tiles;
+          const T* lhs = kind == 0 ? sP + 16 * mi : sdS + 16 * mi;  // P^T or dS^T (column-major views)
+          const T* rhs = kind == 0 ? sdO + 16 * di : sQ + 16 * di;
+          const int ld_lhs = kind == 0 ? g.ldp : lddS;
+          with_frag(dkv, f, [&](AccFrag<T>& acc) {
+            mma_accumulate<T, wmma::col_major, wmma::row_major>(acc, lhs, ld_lhs, rhs, g.ldx, kTileRows);
+          });
+        }
+      }
+      __syncthreads();  // the next tile overwrites the staged rows, P and the scores
+    }
+
+    if (want_dkv) {
+      const int64_t kv_size = a.B * a.H * a.M * a.D;
+#pragma unroll 1
+      for (int f = 0; f < kMaxDkvFrags && warp + kWarps * f < 2 * kv_tiles; ++f) {
+        const int tile = warp + kWarps * f;
+        const int kind = tile / kv_tiles, mi = (tile % kv_tiles) / d_tiles, di = tile % d_tiles;
+        const int rows = clamp_rows(kvalid - 16 * mi, 16), cols = clamp_rows(a.D - 16 * di, 16);
+        const int64_t at = (bh * a.M + m0 + 16 * mi) * a.D + 16 * di;
+        const float s = kind == 1 ? a.scale : 1.f;  // dK = scale dS^T Q
+        with_frag(dkv, f, [&](AccFrag<T>& acc) { wmma::store_matrix_sync(S, acc, g.lds, wmma::mem_row_major); });
+        if (a.q_chunks == 1) {
+          write_scratch(S, g.lds, (kind == 0 ? a.dv : a.dk) + at, a.D, rows, cols, s, lane);
+        } else {
+          write_scratch(S, g.lds, a.dkv_partial + (kind * a.q_chunks + qc) * kv_size + at, a.D, rows, cols, s, lane);
         }
       }
     }
   }
-  if (!valid) return;
-  T* dst = grad_bias + (slice * s.N + n) * s.M + m0;
-#pragma unroll
-  for (int j = 0; j < KEYS; ++j)
-    if (j < keys) dst[j] = from_float<T>(acc[j]);
+
+  if (want_dbias) {
+    float* part = a.dbias_partial + (bc * a.H + h) * a.N * a.M + m0;
+#pragma unroll 1
+    for (int f = 0; f < ntiles * key_tiles; ++f) {
+      const int t = f / key_tiles, j = f % key_tiles;
+      const int64_t n = (t_begin + t) * kTileRows + 16 * warp;
+      const int rows = clamp_rows(a.N - n, 16), cols = clamp_rows(kvalid - 16 * j, 16);
+      with_frag(dbias, f, [&](AccFrag<T>& acc) { wmma::store_matrix_sync(S, acc, g.lds, wmma::mem_row_major); });
+      write_scratch(S, g.lds, part + n * a.M + 16 * j, a.M, rows, cols, 1.f, lane);
+    }
+  }
 }
 
-// Calls fn with the register-array size (a power of two >= D, at least 32).
-template <typename Fn>
-cudaError_t dispatch_head_dim(int64_t D, Fn&& fn) {
-  if (D <= 32) return fn(std::integral_constant<int, 32>{});
-  if (D <= 64) return fn(std::integral_constant<int, 64>{});
-  if (D <= kMaxCudaHeadDim) return fn(std::integral_constant<int, 128>{});
-  return cudaErrorInvalidValue;
+// dq alone, for key sets split in chunks: a block owns one query tile and loops over the key chunks; dq
+// accumulates in fp32 shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attn_dq_kernel(const BackwardArgs<T> a) {
+  TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
+  unsigned char* smem = align_smem(smem_raw);
+  const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
+  const BackwardSmem L = backward_smem(g, sizeof(T));
+  T* sK = reinterpret_cast<T*>(smem + L.k);
+  T* sV = reinterpret_cast<T*>(smem + L.v);
+  T* sQ = reinterpret_cast<T*>(smem + L.q);
+  T* sdO = reinterpret_cast<T*>(smem + L.dout);
+  float* sS = reinterpret_cast<float*>(smem + L.s);
+  T* sP = reinterpret_cast<T*>(smem + L.p);
+  float* sdQ = reinterpret_cast<float*>(smem + L.dq);
+  float* row_lse = reinterpret_cast<float*>(smem + L.row_lse);
+  float* row_delta = reinterpret_cast<float*>(smem + L.row_delta);
+  const int lddS = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  zero_smem(smem, L.bytes - kSmemAlign, tid, kThreads);
+
+  const int64_t tiles = (a.N + kTileRows - 1) / kTileRows;
+  const int64_t bh = blockIdx.x / tiles, b = bh / a.H, h = bh % a.H;
+  const int64_t n0 = (blockIdx.x % tiles) * kTileRows, row0 = bh * a.N + n0;
+  const int rows = clamp_rows(a.N - n0, kTileRows);
+  const int strip_rows = clamp_rows(rows - 16 * warp, 16);
+  const T* bias_bh = a.bias ? a.bias + bias_slice_offset(b, h, a.Bb, a.Hb, a.N, a.M) : nullptr;
+  float* S = sS + 16 * warp * g.lds;
+  T* P = sP + 16 * warp * g.ldp;
+  float* dQs = sdQ + 16 * warp * g.ldo;
+  T* sOut = reinterpret_cast<T*>(sdQ);  // as in attn_backward_kernel
+  const int ld_out = g.ldo * static_cast<int>(sizeof(float) / sizeof(T));
+  const T* Qs = sQ + 16 * warp * g.ldx;
+  const T* dOs = sdO + 16 * warp * g.ldx;
+  __syncthreads();
+  load_rows(sQ, g.ldx, a.q + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+  load_rows(sdO, g.ldx, a.dout + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+  load_rows(sOut, ld_out, a.out + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
+  for (int r = tid; r < kTileRows; r += kThreads) row_lse[r] = r < rows ? a.lse[row0 + r] : 0.f;
+  __syncthreads();
+  delta_strip(row_delta + 16 * warp, dOs, g.ldx, sOut + 16 * warp * ld_out, ld_out, static_cast<int>(a.D), lane);
+
+  for (int64_t c = 0; c < a.key_chunks; ++c) {
+    const int64_t m0 = c * a.KC;
+    const int kvalid = clamp_rows(a.M - m0, a.KC);
+    if (c > 0) __syncthreads();  // every warp is done with the previous chunk
+    load_rows(sK, g.ldx, a.k + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+    load_rows(sV, g.ldx, a.v + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+    if (kvalid < a.KC) {
+      zero_rows(sK, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
+      zero_rows(sV, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
+    }
+    stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, rows, a.KC, kvalid, tid, kThreads);
+    __syncthreads();
+    gradients_strip<T>(S, g.lds, P, g.ldp, Qs, dOs, sK, sV, g, row_lse + 16 * warp, row_delta + 16 * warp,
+                       strip_rows, a.scale, lane);
+    strip_to_operand<T>(S, g.lds, a.KC, lane);
+    for (int d = 0; d < g.Dp; d += 16) {
+      AccFrag<T> acc;
+      if (c == 0) {
+        wmma::fill_fragment(acc, 0.f);
+      } else {
+        wmma::load_matrix_sync(acc, dQs + d, g.ldo, wmma::mem_row_major);
+      }
+      mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, reinterpret_cast<const T*>(S), lddS, sK + d, g.ldx,
+                                                          a.KC);
+      wmma::store_matrix_sync(dQs + d, acc, g.ldo, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  if (strip_rows > 0) {
+    store_rows(a.dq + (row0 + 16 * warp) * a.D, dQs, g.ldo, strip_rows, static_cast<int>(a.D), nullptr, a.scale,
+               lane);
+  }
 }
 
-bool fits_grid(int64_t blocks) { return blocks <= INT32_MAX; }
+// ------------------------------------------------------------------------------------------------ reductions
+// dK = sum of the query-chunk partials (already scaled), dV likewise, in chunk order.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads)
+    attn_reduce_dkv_kernel(const float* __restrict__ partial, T* __restrict__ dk, T* __restrict__ dv, int64_t size,
+                           int64_t chunks) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x; i < size;
+       i += static_cast<int64_t>(gridDim.x) * kReduceThreads) {
+    float sk = 0.f, sv = 0.f;
+    for (int64_t c = 0; c < chunks; ++c) {
+      sk += partial[c * size + i];
+      sv += partial[(chunks + c) * size + i];
+    }
+    dk[i] = from_float<T>(sk);
+    dv[i] = from_float<T>(sv);
+  }
+}
+
+// grad_bias[bb, hb] = sum over the batch chunks and heads that map onto the (bb, hb) slice, in a fixed order.
+// Partials are [b_chunks][H][N*M]; with a per-batch bias (Bb > 1) chunk c is batch c.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads)
+    attn_reduce_dbias_kernel(const float* __restrict__ partial, T* __restrict__ grad_bias, int64_t Bb, int64_t Hb,
+                             int64_t H, int64_t NM, int64_t b_chunks) {
+  const int64_t size = Bb * Hb * NM;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x; i < size;
+       i += static_cast<int64_t>(gridDim.x) * kReduceThreads) {
+    const int64_t e = i % NM, hb = (i / NM) % Hb, bb = i / (NM * Hb);
+    const int64_t c0 = Bb == 1 ? 0 : bb, c1 = Bb == 1 ? b_chunks : bb + 1;
+    const int64_t h0 = Hb == 1 ? 0 : hb, h1 = Hb == 1 ? H : hb + 1;
+    float acc = 0.f;
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t hh = h0; hh < h1; ++hh) acc += partial[(c * H + hh) * NM + e];
+    }
+    grad_bias[i] = from_float<T>(acc);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ host side
+struct Device {
+  int sms = 1;
+  int smem_optin = 48 * 1024;
+};
+
+cudaError_t query_device(Device* dev) {
+  int id = 0;
+  cudaError_t err = cudaGetDevice(&id);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&dev->sms, cudaDevAttrMultiProcessorCount, id);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&dev->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, id);
+  return err;
+}
+
+int padded_head_dim(int64_t D) { return round_up(static_cast<int>(std::max<int64_t>(D, 1)), 16); }
+
+// Shared memory of a block, in bytes, and how many such blocks an SM holds (228 KB per SM on sm_90 = opt-in + 1 KB).
+int blocks_per_sm(size_t smem, const Device& dev, int regs_per_thread) {
+  const size_t per_sm = static_cast<size_t>(dev.smem_optin) + 1024;
+  int by_smem = static_cast<int>(per_sm / (smem + 1024));
+  int by_regs = regs_per_thread > 0 ? 65536 / (regs_per_thread * kThreads) : 16;
+  return std::max(1, std::min({by_smem, by_regs, 16}));
+}
+
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+struct ForwardPlan {
+  int Dp = 0, KC = 0, tiles_per_block = 1;
+  int64_t groups = 1;
+  size_t smem = 0;
+};
+
+// One chunk of all keys when they fit half an SM's shared memory (two blocks per SM), else the largest chunk
+// that does (online softmax).
+bool plan_forward(const AttnShape& s, int eb, const Device& dev, ForwardPlan* p) {
+  p->Dp = padded_head_dim(s.D);
+  const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, kMaxAllKeys + 1)), 16);
+  const size_t budget = std::max<size_t>(48 * 1024, (static_cast<size_t>(dev.smem_optin) + 1024) / 2 - 1024);
+  auto bytes = [&](int KC) { return forward_smem(make_geometry(p->Dp, KC, eb), eb).bytes; };
+  p->KC = 0;
+  if (s.M <= kMaxAllKeys && bytes(Mp) <= budget) p->KC = Mp;
+  for (int KC : {128, 64, 32, 16}) {
+    if (p->KC == 0 && KC < Mp && bytes(KC) <= budget) p->KC = KC;
+  }
+  if (p->KC == 0) p->KC = 16;
+  p->smem = bytes(p->KC);
+  if (p->smem > static_cast<size_t>(dev.smem_optin)) return false;
+  // With one key chunk a block reuses its staged K, V over several tiles; keep >= ~8 blocks per SM.
+  const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
+  const int64_t all_tiles = s.B * s.H * tiles;
+  int64_t per_block = s.M <= p->KC ? all_tiles / (8 * static_cast<int64_t>(dev.sms)) : 1;
+  per_block = std::max<int64_t>(1, std::min<int64_t>(per_block, std::min<int64_t>(tiles, 16)));
+  p->tiles_per_block = static_cast<int>(per_block);
+  p->groups = (tiles + per_block - 1) / per_block;
+  return s.B * s.H * p->groups <= INT_MAX;
+}
+
+// One launch of attn_backward_kernel.
+struct BackwardPass {
+  bool dq = false, dkv = false, dbias = false;
+  int tiles_per_qchunk = 1, batch_per_chunk = 1;
+  int64_t q_chunks = 1, b_chunks = 1;
+  int64_t blocks(const AttnShape& s, int64_t key_chunks) const { return b_chunks * s.H * q_chunks * key_chunks; }
+};
+
+struct BackwardPlan {
+  int Dp = 0, KC = 0;
+  int64_t key_chunks = 1;
+  size_t smem = 0;
+  bool dq_kernel = false;  // dq by attn_dq_kernel (several key chunks)
+  int passes = 0;
+  BackwardPass pass[2];
+  int64_t dkv_floats = 0, dbias_floats = 0;  // workspace: dK/dV partials, then dbias partials
+  double bytes = 0;                          // modelled memory traffic, to choose between plans
+};
+
+// Query chunks of `tiles_per_qchunk` tiles, then the fewest batch chunks that launch `target` blocks.
+BackwardPass make_pass(const AttnShape& s, int64_t key_chunks, int64_t tiles, int tiles_per_qchunk, int64_t target,
+                       bool dkv, bool dbias) {
+  BackwardPass p;
+  p.dkv = dkv;
+  p.dbias = dbias;
+  p.tiles_per_qchunk = tiles_per_qchunk;
+  p.q_chunks = (tiles + tiles_per_qchunk - 1) / tiles_per_qchunk;
+  const int64_t base = s.H * p.q_chunks * key_chunks;
+  int64_t b_chunks = std::min<int64_t>(s.B, std::max<int64_t>(1, (target + base - 1) / base));
+  if (dbias && s.Bb > 1) b_chunks = s.B;  // a per-batch bias: every batch has its own slice
+  p.batch_per_chunk = static_cast<int>((s.B + b_chunks - 1) / b_chunks);
+  p.b_chunks = (s.B + p.batch_per_chunk - 1) / p.batch_per_chunk;
+  return p;
+}
+
+// A candidate launch that fills the GPU (>= target blocks) beats one that does not; among those that fill it the
+// one moving fewer bytes wins, among those that do not the one with more blocks.
+bool better(int64_t blocks, double bytes, int64_t best_blocks, double best_bytes, int64_t target) {
+  const bool fills = blocks >= target, best_fills = best_blocks >= target;
+  if (fills != best_fills) return fills;
+  if (!fills && blocks != best_blocks) return blocks > best_blocks;
+  return bytes < best_bytes;
+}
+
+// Choose key chunking, passes and chunk counts. Costs are modelled bytes: each pass reads q, grad_out, out once
+// per key chunk (from HBM or L2); fp32 partials are written and read back once.
+bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& dev, int regs_per_thread,
+                   BackwardPlan* p) {
+  p->Dp = padded_head_dim(s.D);
+  const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, 1 << 20)), 16);
+  const int max_kc_by_frags = kMaxDkvFrags * kWarps * 16 * 16 / (2 * p->Dp);  // dK + dV tiles fit the warps
+  auto bytes = [&](int KC) { return backward_smem(make_geometry(p->Dp, KC, eb), eb).bytes; };
+  p->KC = 0;
+  if (Mp <= max_kc_by_frags && bytes(Mp) <= static_cast<size_t>(dev.smem_optin)) p->KC = Mp;
+  for (int KC : {128, 64, 32, 16}) {
+    if (p->KC == 0 && KC < Mp && KC <= max_kc_by_frags && bytes(KC) <= static_cast<size_t>(dev.smem_optin)) {
+      p->KC = KC;
+    }
+  }
+  if (p->KC == 0) return false;
+  p->smem = bytes(p->KC);
+  p->key_chunks = (s.M + p->KC - 1) / p->KC;
+  p->dq_kernel = p->key_chunks > 1;
+  const int key_tiles = p->KC / 16;
+  const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
+  const int64_t target = static_cast<int64_t>(dev.sms) * std::max(2, blocks_per_sm(p->smem, dev, regs_per_thread));
+  const double kv_bytes = 8.0 * s.B * s.H * s.M * s.D;  // one fp32 dK + dV partial, written and read
+  const double bias_bytes = 8.0 * s.H * s.N * s.M;      // one fp32 dbias partial, written and read
+  const double pass_bytes = static_cast<double>(eb) * s.B * s.H * s.N * s.D * 3 * p->key_chunks;
+  const double dq_bytes = p->dq_kernel ? pass_bytes : 0;
+  auto kv_cost = [&](const BackwardPass& q) { return q.dkv && q.q_chunks > 1 ? kv_bytes * q.q_chunks : 0.0; };
+  auto bias_cost = [&](const BackwardPass& q) { return q.dbias ? bias_bytes * q.b_chunks : 0.0; };
+
+  // Fused: one pass; the dbias of a query chunk is held in registers (tiles * key_tiles <= kMaxDbiasFrags).
+  const int64_t max_tiles = want_dbias ? std::max(1, kMaxDbiasFrags / key_tiles) : tiles;
+  int64_t best_blocks = -1;
+  for (int64_t t = 1; t <= max_tiles && t <= tiles; ++t) {
+    const BackwardPass q = make_pass(s, p->key_chunks, tiles, static_cast<int>(t), target, true, want_dbias);
+    const int64_t blocks = q.blocks(s, p->key_chunks);
+    const double cost = pass_bytes + dq_bytes + kv_cost(q) + bias_cost(q);
+    if (best_blocks < 0 || better(blocks, cost, best_blocks, p->bytes, target)) {
+      best_blocks = blocks;
+      p->bytes = cost;
+      p->passes = 1;
+      p->pass[0] = q;
+    }
+  }
+  // Split: dK/dV with query chunks as long as the grid allows, dbias with batch chunks as long as it allows.
+  if (want_dbias) {
+    const int64_t kv_blocks = s.B * s.H * p->key_chunks;
+    const int64_t q_chunks = std::min<int64_t>(tiles, std::max<int64_t>(1, (target + kv_blocks - 1) / kv_blocks));
+    BackwardPass kv = make_pass(s, p->key_chunks, tiles, static_cast<int>((tiles + q_chunks - 1) / q_chunks), 1,
+                                true, false);
+    kv.batch_per_chunk = 1;
+    kv.b_chunks = s.B;
+    const BackwardPass db = make_pass(s, p->key_chunks, tiles, 1, target, false, true);
+    const int64_t blocks = std::min(kv.blocks(s, p->key_chunks), db.blocks(s, p->key_chunks));
+    const double cost = 2 * pass_bytes + dq_bytes + kv_cost(kv) + bias_cost(db);
+    if (better(blocks, cost, best_blocks, p->bytes, target)) {
+      p->bytes = cost;
+      p->passes = 2;
+      p->pass[0] = kv;
+      p->pass[1] = db;
+    }
+  }
+  p->pass[0].dq = !p->dq_kernel;
+  p->dkv_floats = 0;
+  p->dbias_floats = 0;
+  for (int i = 0; i < p->passes; ++i) {
+    const BackwardPass& q = p->pass[i];
+    if (q.blocks(s, p->key_chunks) > INT_MAX) return false;
+    if (q.dkv && q.q_chunks > 1) p->dkv_floats = 2 * q.q_chunks * s.B * s.H * s.M * s.D;
+    if (q.dbias) p->dbias_floats = q.b_chunks * s.H * s.N * s.M;
+  }
+  return !p->dq_kernel || s.B * s.H * tiles <= INT_MAX;
+}
+
+template <typename T>
+cudaError_t make_backward_plan(const AttnShape& s, bool want_dbias, BackwardPlan* plan) {
+  Device dev;
+  cudaError_t err = query_device(&dev);
+  if (err != cudaSuccess) return err;
+  cudaFuncAttributes attr{};
+  err = cudaFuncGetAttributes(&attr, attn_backward_kernel<T>);
+  if (err != cudaSuccess) return err;
+  return plan_backward(s, sizeof(T), want_dbias, dev, attr.numRegs, plan) ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+int reduce_blocks(int64_t size, int sms) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((size + kReduceThreads - 1) / kReduceThreads,
+                                                                 32 * static_cast<int64_t>(sms))));
+}
+
+template <typename T>
+cudaError_t forward(const T* q, const T* k, const T* v, const T* bias, T* out, float* lse, const AttnShape& s,
+                    float scale, cudaStream_t stream) {
+  Device dev;
+  cudaError_t err = query_device(&dev);
+  if (err != cudaSuccess) return err;
+  ForwardPlan plan;
+  if (!plan_forward(s, sizeof(T), dev, &plan)) return cudaErrorInvalidConfiguration;
+  err = allow_smem(attn_forward_kernel<T>, plan.smem);
+  if (err != cudaSuccess) return err;
+  ForwardArgs<T> args;
+  args.q = q, args.k = k, args.v = v, args.bias = bias, args.out = out, args.lse = lse;
+  args.B = s.B, args.H = s.H, args.N = s.N, args.M = s.M, args.D = s.D, args.Bb = s.Bb, args.Hb = s.Hb;
+  args.scale = scale;
+  args.Dp = plan.Dp, args.KC = plan.KC, args.tiles_per_block = plan.tiles_per_block, args.groups = plan.groups;
+  const unsigned blocks = static_cast<unsigned>(s.B * s.H * plan.groups);
+  attn_forward_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t backward(const T* dout, const T* q, const T* k, const T* v, const T* bias, const T* out,
+                     const float* lse, float* workspace, T* dq, T* dk, T* dv, T* dbias, const AttnShape& s,
+                     float scale, cudaStream_t stream) {
+  BackwardPlan plan;
+  cudaError_t err = make_backward_plan<T>(s, dbias != nullptr, &plan);
+  if (err != cudaSuccess) return err;
+  Device dev;
+  err = query_device(&dev);
+  if (err != cudaSuccess) return err;
+  float* dkv_partial = plan.dkv_floats > 0 ? workspace : nullptr;
+  float* dbias_partial = plan.dbias_floats > 0 ? workspace + plan.dkv_floats : nullptr;
+  if ((err = allow_smem(attn_backward_kernel<T>, plan.smem)) != cudaSuccess) return err;
+
+  BackwardArgs<T> args{};
+  args.q = q, args.k = k, args.v = v, args.bias = bias, args.dout = dout, args.out = out, args.lse = lse;
+  args.B = s.B, args.H = s.H, args.N = s.N, args.M = s.M, args.D = s.D, args.Bb = s.Bb, args.Hb = s.Hb;
+  args.scale = scale;
+  args.Dp = plan.Dp, args.KC = plan.KC, args.key_chunks = plan.key_chunks;
+  args.tiles_per_qchunk = 1, args.q_chunks = 1, args.batch_per_chunk = 1, args.b_chunks = 1;
+  if (plan.dq_kernel) {
+    if ((err = allow_smem(attn_dq_kernel<T>, plan.smem)) != cudaSuccess) return err;
+    args.dq = dq;
+    const unsigned blocks = static_cast<unsigned>(s.B * s.H * ((s.N + kTileRows - 1) / kTileRows));
+    attn_dq_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  for (int i = 0; i < plan.passes; ++i) {
+    const BackwardPass& p = plan.pass[i];
+    args.dq = p.dq ? dq : nullptr;
+    args.dk = p.dkv && p.q_chunks == 1 ? dk : nullptr;
+    args.dv = p.dkv && p.q_chunks == 1 ? dv : nullptr;
+    args.dkv_partial = p.dkv && p.q_chunks > 1 ? dkv_partial : nullptr;
+    args.dbias_partial = p.dbias ? dbias_partial : nullptr;
+    args.tiles_per_qchunk = p.tiles_per_qchunk;
+    args.q_chunks = p.q_chunks;
+    args.batch_per_chunk = p.batch_per_chunk;
+    args.b_chunks = p.b_chunks;
+    const unsigned blocks = static_cast<unsigned>(p.blocks(s, plan.key_chunks));
+    attn_backward_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (p.dkv && p.q_chunks > 1) {
+      const int64_t size = s.B * s.H * s.M * s.D;
+      attn_reduce_dkv_kernel<T><<<reduce_blocks(size, dev.sms), kReduceThreads, 0, stream>>>(dkv_partial, dk, dv,
+                                                                                            size, p.q_chunks);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (p.dbias) {
+      const int64_t size = s.Bb * s.Hb * s.N * s.M;
+      attn_reduce_dbias_kernel<T><<<reduce_blocks(size, dev.sms), kReduceThreads, 0, stream>>>(
+          dbias_partial, dbias, s.Bb, s.Hb, s.H, s.N * s.M, p.b_chunks);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+  }
+  return cudaSuccess;
+}
 
 }  // namespace
+}  // namespace attn
 
 cudaError_t osra_cuda_forward(DType dtype, const void* q, const void* k, const void* v, const void* bias, void* out,
                               float* lse, const AttnShape& s, float scale, cudaStream_t stream) {
-  const int64_t row_blocks = ceil_div(s.N, kRows), blocks = s.B * s.H * row_blocks;
-  if (blocks == 0) return cudaSuccess;
-  if (!fits_grid(blocks)) return cudaErrorInvalidConfiguration;
+  if (s.B * s.H * s.N == 0) return cudaSuccess;
+  if (s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    return dispatch_head_dim(s.D, [&](auto dmax) {
-      attn_forward_kernel<T, decltype(dmax)::value><<<static_cast<unsigned>(blocks), kRows, 0, stream>>>(
-          static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(bias),
-          static_cast<T*>(out), lse, s, scale, row_blocks);
-      return cudaGetLastError();
-    });
+    return attn::forward<T>(static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                            static_cast<const T*>(bias), static_cast<T*>(out), lse, s, scale, stream);
   });
 }
 
-int64_t osra_cuda_query_chunks(const AttnShape& s) {
-  // Enough blocks to fill the GPU (~4 waves of 132 SMs) while keeping the partials under ~256 MB.
-  const int64_t key_blocks = ceil_div(s.M, kKeyThreads);
-  int64_t chunks = std::max<int64_t>(1, ceil_div(528, std::max<int64_t>(1, s.B * s.H * key_blocks)));
-  chunks = std::min(chunks, std::max<int64_t>(1, ceil_div(s.N, 4 * kQueryTile)));
-  const int64_t per_chunk = 2 * s.B * s.H * s.M * s.D * static_cast<int64_t>(sizeof(float));
-  while (chunks > 1 && chunks * per_chunk > (int64_t(256) << 20)) chunks /= 2;
-  return chunks;
+int64_t osra_cuda_backward_workspace(DType dtype, const AttnShape& s, bool want_grad_bias) {
+  if (s.B * s.H * s.N == 0 || s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return 0;
+  attn::BackwardPlan plan;
+  const cudaError_t err = dispatch_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    return attn::make_backward_plan<T>(s, want_grad_bias, &plan);
+  });
+  return err == cudaSuccess ? plan.dkv_floats + plan.dbias_floats : 0;
 }
 
 cudaError_t osra_cuda_backward(DType dtype, const void* grad_out, const void* q, const void* k, const void* v,
-                               const void* bias, const void* out, const float* lse, float* delta, float* dkv_partial,
-                               void* grad_q, void* grad_k, void* grad_v, void* grad_bias, const AttnShape& s,
-                               float scale, cudaStream_t stream) {
-  const int64_t rows = s.B * s.H * s.N;
-  const int64_t row_blocks = ceil_div(s.N, kRows);
-  const int64_t key_blocks = ceil_div(s.M, kKeyThreads);
-  const int64_t chunks = osra_cuda_query_chunks(s);
-  const int64_t chunk_rows = ceil_div(s.N, chunks);
-  if (rows == 0 || s.M == 0) return cudaSuccess;
-  if (!fits_grid(s.B * s.H * row_blocks) || !fits_grid(s.B * s.H * key_blocks * chunks)) {
-    return cudaErrorInvalidConfiguration;
-  }
+                               const void* bias, const void* out, const float* lse, float* workspace, void* grad_q,
+                               void* grad_k, void* grad_v, void* grad_bias, const AttnShape& s, float scale,
+                               cudaStream_t stream) {
+  if (s.B * s.H * s.N == 0) return cudaSuccess;
+  if (s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const T *qp = static_cast<const T*>(q), *kp = static_cast<const T*>(k), *vp = static_cast<const T*>(v);
-    const T *bp = static_cast<const T*>(bias), *gop = static_cast<const T*>(grad_out);
-    attn_delta_kernel<T><<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
-        gop, static_cast<const T*>(out), delta, rows, s.D);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    return dispatch_head_dim(s.D, [&](auto dmax) {
-      constexpr int DMAX = decltype(dmax)::value;
-      attn_grad_q_kernel<T, DMAX><<<static_cast<unsigned>(s.B * s.H * row_blocks), kRows, 0, stream>>>(
-          qp, kp, vp, bp, gop, lse, delta, static_cast<T*>(grad_q), s, scale, row_blocks);
-      attn_grad_kv_kernel<T, DMAX><<<static_cast<unsigned>(s.B * s.H * key_blocks * chunks), kKeyThreads, 0,
-                                     stream>>>(qp, kp, vp, bp, gop, lse, delta, dkv_partial, s, scale, key_blocks,
-                                               chunks, chunk_rows);
-      attn_reduce_kv_kernel<T><<<static_cast<unsigned>(ceil_div(s.B * s.H * s.M * s.D, 256)), 256, 0, stream>>>(
-          dkv_partial, static_cast<T*>(grad_k), static_cast<T*>(grad_v), s, chunks, scale);
-      cudaError_t e = cudaGetLastError();
-      if (e != cudaSuccess || grad_bias == nullptr) return e;
-      const int64_t key_tiles = ceil_div(s.M, keys_per_tile<DMAX>());
-      const int64_t blocks = s.Bb * s.Hb * row_blocks * key_tiles;
-      if (!fits_grid(blocks)) return cudaErrorInvalidConfiguration;
-      attn_grad_bias_kernel<T, DMAX><<<static_cast<unsigned>(blocks), kRows, 0, stream>>>(
-          qp, kp, vp, bp, gop, lse, delta, static_cast<T*>(grad_bias), s, scale, row_blocks, key_tiles);
-      return cudaGetLastError();
-    });
+    return attn::backward<T>(static_cast<const T*>(grad_out), static_cast<const T*>(q), static_cast<const T*>(k),
+                             static_cast<const T*>(v), static_cast<const T*>(bias), static_cast<const T*>(out), lse,
+                             workspace, static_cast<T*>(grad_q), static_cast<T*>(grad_k), static_cast<T*>(grad_v),
+                             static_cast<T*>(grad_bias), s, scale, stream);
   });
 }
 
