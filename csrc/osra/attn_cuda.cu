@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
     // Rows past kvalid stay zero: kvalid is the same for every b of the block.
     load_rows(sK, g.ldx, a.k + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
     load_rows(sV, g.ldx, a.v + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
-    AccFrag<T> dkv[kMaxDkvFrags];  // fragment f: output tile warp + 4f of [dV tiles..., dK tiles...]
+    AccFrag<T> dkv[kMaxDkvFrags];  // fragment f: output tile warp + 4f of [dK tiles..., dV tiles...]
 #pragma unroll
     for (int f = 0; f < kMaxDkvFrags; ++f) wmma::fill_fragment(dkv[f], 0.f);
 
@@ -305,14 +305,14 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
       }
       __syncthreads();  // P and dS of every strip are complete
 
-      if (want_dkv) {  // dV += P^T dO, dK += dS^T Q over the tile's 64 rows
+      if (want_dkv) {  // dK += dS^T Q, dV += P^T dO over the tile's 64 rows
 #pragma unroll 1
         for (int f = 0; f < kMaxDkvFrags && warp + kWarps * f < 2 * kv_tiles; ++f) {
           const int tile = warp + kWarps * f;
           const int kind = tile / kv_tiles, mi = (tile % kv_tiles) / d_tiles, di = tile % d_tiles;
-          const T* lhs = kind == 0 ? sP + 16 * mi : sdS + 16 * mi;  // P^T or dS^T (column-major views)
-          const T* rhs = kind == 0 ? sdO + 16 * di : sQ + 16 * di;
-          const int ld_lhs = kind == 0 ? g.ldp : lddS;
+          const T* lhs = kind == 0 ? sdS + 16 * mi : sP + 16 * mi;  // dS^T or P^T (column-major views)
+          const T* rhs = kind == 0 ? sQ + 16 * di : sdO + 16 * di;
+          const int ld_lhs = kind == 0 ? lddS : g.ldp;
           with_frag(dkv, f, [&](AccFrag<T>& acc) {
             mma_accumulate<T, wmma::col_major, wmma::row_major>(acc, lhs, ld_lhs, rhs, g.ldx, kTileRows);
           });
@@ -329,10 +329,10 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
         const int kind = tile / kv_tiles, mi = (tile % kv_tiles) / d_tiles, di = tile % d_tiles;
         const int rows = clamp_rows(kvalid - 16 * mi, 16), cols = clamp_rows(a.D - 16 * di, 16);
         const int64_t at = (bh * a.M + m0 + 16 * mi) * a.D + 16 * di;
-        const float s = kind == 1 ? a.scale : 1.f;  // dK = scale dS^T Q
+        const float s = kind == 0 ? a.scale : 1.f;  // dK = scale dS^T Q
         with_frag(dkv, f, [&](AccFrag<T>& acc) { wmma::store_matrix_sync(S, acc, g.lds, wmma::mem_row_major); });
         if (a.q_chunks == 1) {
-          write_scratch(S, g.lds, (kind == 0 ? a.dv : a.dk) + at, a.D, rows, cols, s, lane);
+          write_scratch(S, g.lds, (kind == 0 ? a.dk : a.dv) + at, a.D, rows, cols, s, lane);
         } else {
           write_scratch(S, g.lds, a.dkv_partial + (kind * a.q_chunks + qc) * kv_size + at, a.D, rows, cols, s, lane);
         }

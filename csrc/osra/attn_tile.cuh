@@ -8,12 +8,6 @@
 
 #include "cuda_utils.cuh"
 
-#ifndef TXN_DYNAMIC_SMEM  // the CUDA emulator of the tests brings its own
-#define TXN_DYNAMIC_SMEM(T, name)                             \
-  extern __shared__ __align__(16) unsigned char txn_smem_raw[]; \
-  T* name = reinterpret_cast<T*>(txn_smem_raw)
-#endif
-
 namespace transxnet_ops {
 namespace attn {
 
