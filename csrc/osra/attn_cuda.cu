@@ -46,7 +46,9 @@ namespace attn {
 namespace {
 
 constexpr int kMaxDkvFrags = 4;     // WMMA accumulators per warp for dK/dV: KC * Dp <= 2048
-constexpr int kMaxDbiasFrags = 8;   // and for the dbias of a query chunk: tiles * KC / 16 <= 8
+constexpr int kMaxDbiasTiles = 2;   // query tiles whose dbias a backward block holds (KC <= 64: 8 accumulators)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMaxAllKeys = 256;    // the forward stages all keys at once up to this M
 constexpr int kReduceThreads = 256;
 
@@ -123,9 +125,10 @@ __global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const Forward
           zero_rows(sV, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
         }
       }
-      stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, rows, a.KC, kvalid, tid, kThreads);
+      stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, nullptr, kLog2e, rows, a.KC,
+                      kvalid, tid, kThreads);
       __syncthreads();
-      scores_strip<T>(S, g.lds, sQ + 16 * warp * g.ldx, sK, g, a.scale);
+      scores_strip<T>(S, g.lds, sQ + 16 * warp * g.ldx, sK, g, a.scale * kLog2e);  // base-2 scores
       softmax_strip<T>(S, g.lds, O, g.ldo, g, c > 0, m, l, lane);
       const T* P = reinterpret_cast<const T*>(S);
       const int ldp = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
@@ -147,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const Forward
       const int r = 4 * pass + lane / 8;
       if (lane % 8 == 0) {
         row_scale[16 * warp + r] = 1.f / l[pass];
-        if (r < strip_rows) a.lse[bh * a.N + n0 + 16 * warp + r] = m[pass] + __logf(l[pass]);
+        if (r < strip_rows) a.lse[bh * a.N + n0 + 16 * warp + r] = m[pass] * kLn2 + __logf(l[pass]);
       }
     }
     __syncwarp();
@@ -184,18 +187,79 @@ struct BackwardArgs {
   int64_t b_chunks;
 };
 
-// Write rows [0, rows) x cols [0, cols) of a 16x16 block that the warp has just stored at `scratch` (stride lds)
+// Write rows [0, rows) x cols [0, cols) of a 16x16 block that the warp has just stored at `scratch` (stride 16)
 // to dst (row stride ld), times `scale`.
 template <typename Dst>
-__device__ __forceinline__ void write_scratch(const float* scratch, int lds, Dst* dst, int64_t ld, int rows, int cols,
+__device__ __forceinline__ void write_scratch(const float* scratch, Dst* dst, int64_t ld, int rows, int cols,
                                               float scale, int lane) {
   __syncwarp();
 #pragma unroll 1
   for (int e = lane; e < 256; e += 32) {
     const int r = e / 16, c = e % 16;
-    if (r < rows && c < cols) dst[r * ld + c] = from_float<Dst>(scale * scratch[r * lds + c]);
+    if (r < rows && c < cols) dst[r * ld + c] = from_float<Dst>(scale * scratch[e]);
   }
   __syncwarp();
+}
+
+// The shared-memory tiles of a backward block.
+template <typename T>
+struct BackwardTiles {
+  T *k, *v, *q, *dout;
+  float* s;    // staged (bias - lse) * log2(e), then P in T over it (stride lds, or lds_as_t elements of T)
+  T* ds;       // dS in T (stride ld_ds)
+  float* dq;   // dq rows in fp32 (stride ldo); the out tile is staged in them first, as T (stride ld_out)
+  float* scratch;
+  float* delta;
+  int lds_as_t, ld_out;
+
+  __device__ BackwardTiles(unsigned char* smem, const Geometry& g) {
+    const BackwardSmem L = backward_smem(g, sizeof(T));
+    k = reinterpret_cast<T*>(smem + L.k);
+    v = reinterpret_cast<T*>(smem + L.v);
+    q = reinterpret_cast<T*>(smem + L.q);
+    dout = reinterpret_cast<T*>(smem + L.dout);
+    s = reinterpret_cast<float*>(smem + L.s);
+    ds = reinterpret_cast<T*>(smem + L.ds);
+    dq = reinterpret_cast<float*>(smem + L.dq);
+    scratch = reinterpret_cast<float*>(smem + L.scratch);
+    delta = reinterpret_cast<float*>(smem + L.delta);
+    lds_as_t = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
+    // Same byte stride as the dq rows: each warp reads its strip of out before writing those bytes with its dq.
+    ld_out = g.ldo * static_cast<int>(sizeof(float) / sizeof(T));
+  }
+  __device__ T* out() const { return reinterpret_cast<T*>(dq); }
+};
+
+// Stage the rows [n0, n0 + 64) of (b, h) = bh for keys [m0, m0 + kvalid): q, grad_out and out (zero rows past N),
+// and (bias - lse) * log2(e) in S. Block-wide; the caller synchronises.
+template <typename T>
+__device__ __forceinline__ void stage_backward_tile(const BackwardArgs<T>& a, const BackwardTiles<T>& sm,
+                                                    const Geometry& g, const T* bias_bh, int64_t bh, int64_t n0,
+                                                    int64_t m0, int rows, int kvalid, int tid) {
+  const int64_t row0 = bh * a.N + n0;
+  const int D = static_cast<int>(a.D);
+  load_rows(sm.q, g.ldx, a.q + row0 * a.D, rows, D, tid, kThreads);
+  load_rows(sm.dout, g.ldx, a.dout + row0 * a.D, rows, D, tid, kThreads);
+  load_rows(sm.out(), sm.ld_out, a.out + row0 * a.D, rows, D, tid, kThreads);
+  if (rows < kTileRows) {  // rows past N must not carry a previous tile's values into dK/dV
+    zero_rows(sm.q, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
+    zero_rows(sm.dout, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
+    zero_rows(sm.out(), sm.ld_out, rows, kTileRows, D, tid, kThreads);
+  }
+  stage_bias_tile(sm.s, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, a.lse + row0, kLog2e, rows, a.KC,
+                  kvalid, tid, kThreads);
+}
+
+// Stage rows [m0, m0 + kvalid) of k and v (zero rows after them up to KC when `zero_tail`).
+template <typename T>
+__device__ __forceinline__ void stage_keys(const T* k, const T* v, const BackwardTiles<T>& sm, const Geometry& g,
+                                           int kvalid, int D, bool zero_tail, int tid) {
+  load_rows(sm.k, g.ldx, k, kvalid, D, tid, kThreads);
+  load_rows(sm.v, g.ldx, v, kvalid, D, tid, kThreads);
+  if (zero_tail && kvalid < g.KC) {
+    zero_rows(sm.k, g.ldx, kvalid, g.KC, g.Dp, tid, kThreads);
+    zero_rows(sm.v, g.ldx, kvalid, g.KC, g.Dp, tid, kThreads);
+  }
 }
 
 template <typename T>
@@ -203,24 +267,9 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
   TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
   unsigned char* smem = align_smem(smem_raw);
   const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
-  const BackwardSmem L = backward_smem(g, sizeof(T));
-  T* sK = reinterpret_cast<T*>(smem + L.k);
-  T* sV = reinterpret_cast<T*>(smem + L.v);
-  T* sQ = reinterpret_cast<T*>(smem + L.q);
-  T* sdO = reinterpret_cast<T*>(smem + L.dout);
-  float* sS = reinterpret_cast<float*>(smem + L.s);
-  T* sP = reinterpret_cast<T*>(smem + L.p);
-  float* sdQ = reinterpret_cast<float*>(smem + L.dq);
-  float* row_lse = reinterpret_cast<float*>(smem + L.row_lse);
-  float* row_delta = reinterpret_cast<float*>(smem + L.row_delta);
-  const T* sdS = reinterpret_cast<const T*>(sS);  // dS in the operand type, over the fp32 scores
-  const int lddS = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
-  // The out tile (for delta) is staged over the dq rows, with their byte stride: each warp reads its strip of it
-  // before writing the same bytes with its dq.
-  T* sOut = reinterpret_cast<T*>(sdQ);
-  const int ld_out = g.ldo * static_cast<int>(sizeof(float) / sizeof(T));
+  const BackwardTiles<T> sm(smem, g);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  zero_smem(smem, L.bytes - kSmemAlign, tid, kThreads);
+  zero_smem(smem, backward_smem(g, sizeof(T)).bytes - kSmemAlign, tid, kThreads);
 
   // blockIdx.x = ((bc * H + h) * q_chunks + qc) * key_chunks + kc
   int64_t idx = blockIdx.x;
@@ -239,20 +288,26 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
   const int key_tiles = a.KC / 16, d_tiles = g.Dp / 16, kv_tiles = key_tiles * d_tiles;
   const bool want_dkv = a.dkv_partial != nullptr || a.dk != nullptr;
   const bool want_dbias = a.dbias_partial != nullptr;
-  float* S = sS + 16 * warp * g.lds;  // the warp's strip; also its scratch for writing accumulators
-  T* P = sP + 16 * warp * g.ldp;
+  const float scale2 = a.scale * kLog2e;
+  float* scratch = sm.scratch + 256 * warp;
+  float* delta = sm.delta + 256 * warp;
+  const T* Qs = sm.q + 16 * warp * g.ldx;
+  const T* dOs = sm.dout + 16 * warp * g.ldx;
 
-  AccFrag<T> dbias[kMaxDbiasFrags];  // fragment f: tile f / key_tiles, key tile f % key_tiles of the warp's strips
+  AccFrag<T> dbias[kMaxDbiasTiles][kMaxKeyTiles];  // [tile of the query chunk][key tile] of the warp's strips
 #pragma unroll
-  for (int f = 0; f < kMaxDbiasFrags; ++f) wmma::fill_fragment(dbias[f], 0.f);
+  for (int t = 0; t < kMaxDbiasTiles; ++t) {
+#pragma unroll
+    for (int j = 0; j < kMaxKeyTiles; ++j) wmma::fill_fragment(dbias[t][j], 0.f);
+  }
   __syncthreads();
 
   for (int64_t b = b_begin; b < b_end; ++b) {
     const int64_t bh = b * a.H + h;
     const T* bias_bh = a.bias ? a.bias + bias_slice_offset(b, h, a.Bb, a.Hb, a.N, a.M) : nullptr;
     // Rows past kvalid stay zero: kvalid is the same for every b of the block.
-    load_rows(sK, g.ldx, a.k + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
-    load_rows(sV, g.ldx, a.v + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
+    stage_keys(a.k + (bh * a.M + m0) * a.D, a.v + (bh * a.M + m0) * a.D, sm, g, kvalid, static_cast<int>(a.D), false,
+               tid);
     AccFrag<T> dkv[kMaxDkvFrags];  // fragment f: output tile warp + 4f of [dK tiles..., dV tiles...]
 #pragma unroll
     for (int f = 0; f < kMaxDkvFrags; ++f) wmma::fill_fragment(dkv[f], 0.f);
@@ -260,41 +315,22 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
     for (int t = 0; t < ntiles; ++t) {
       const int64_t n0 = (t_begin + t) * kTileRows, row0 = bh * a.N + n0;
       const int rows = clamp_rows(a.N - n0, kTileRows);
-      load_rows(sQ, g.ldx, a.q + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
-      load_rows(sdO, g.ldx, a.dout + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
-      load_rows(sOut, ld_out, a.out + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
-      if (rows < kTileRows) {  // rows past N must not carry a previous tile's values into dK/dV
-        zero_rows(sQ, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
-        zero_rows(sdO, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
-        zero_rows(sOut, ld_out, rows, kTileRows, g.Dp, tid, kThreads);
-      }
-      for (int r = tid; r < kTileRows; r += kThreads) row_lse[r] = r < rows ? a.lse[row0 + r] : 0.f;
-      stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, rows, a.KC, kvalid, tid, kThreads);
+      stage_backward_tile(a, sm, g, bias_bh, bh, n0, m0, rows, kvalid, tid);
       __syncthreads();
 
+      delta_tile_strip(delta, dOs, g.ldx, sm.out() + 16 * warp * sm.ld_out, sm.ld_out, static_cast<int>(a.D), lane);
+      backward_strip<T>(sm.s + 16 * warp * g.lds, g.lds, sm.ds + 16 * warp * g.ld_ds, g.ld_ds, scratch, delta, Qs,
+                        dOs, sm.k, sm.v, g, scale2, lane, [&](int j, const AccFrag<T>& ds) {
+                          if (want_dbias) add_frag<T>(t == 0 ? dbias[0][j] : dbias[1][j], ds);
+                        });
       const int strip_rows = clamp_rows(rows - 16 * warp, 16);
-      const T* Qs = sQ + 16 * warp * g.ldx;
-      const T* dOs = sdO + 16 * warp * g.ldx;
-      delta_strip(row_delta + 16 * warp, dOs, g.ldx, sOut + 16 * warp * ld_out, ld_out, static_cast<int>(a.D), lane);
-      gradients_strip<T>(S, g.lds, P, g.ldp, Qs, dOs, sK, sV, g, row_lse + 16 * warp, row_delta + 16 * warp,
-                         strip_rows, a.scale, lane);
-      if (want_dbias) {
-#pragma unroll 1
-        for (int j = 0; j < key_tiles; ++j) {
-          AccFrag<T> ds;
-          wmma::load_matrix_sync(ds, S + 16 * j, g.lds, wmma::mem_row_major);
-          with_frag(dbias, t * key_tiles + j, [&](AccFrag<T>& acc) { add_frag<T>(acc, ds); });
-        }
-        __syncwarp();
-      }
-      strip_to_operand<T>(S, g.lds, a.KC, lane);
       if (a.dq != nullptr) {  // dq = scale dS K, complete: this block sees every key
-        float* dQs = sdQ + 16 * warp * g.ldo;
+        float* dQs = sm.dq + 16 * warp * g.ldo;
         for (int d = 0; d < g.Dp; d += 16) {
           AccFrag<T> acc;
           wmma::fill_fragment(acc, 0.f);
-          mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, sdS + 16 * warp * lddS, lddS, sK + d, g.ldx,
-                                                              a.KC);
+          mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, sm.ds + 16 * warp * g.ld_ds, g.ld_ds, sm.k + d,
+                                                              g.ldx, a.KC);
           wmma::store_matrix_sync(dQs + d, acc, g.ldo, wmma::mem_row_major);
         }
         __syncwarp();
@@ -310,15 +346,15 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
         for (int f = 0; f < kMaxDkvFrags && warp + kWarps * f < 2 * kv_tiles; ++f) {
           const int tile = warp + kWarps * f;
           const int kind = tile / kv_tiles, mi = (tile % kv_tiles) / d_tiles, di = tile % d_tiles;
-          const T* lhs = kind == 0 ? sdS + 16 * mi : sP + 16 * mi;  // dS^T or P^T (column-major views)
-          const T* rhs = kind == 0 ? sQ + 16 * di : sdO + 16 * di;
-          const int ld_lhs = kind == 0 ? lddS : g.ldp;
+          const T* lhs = kind == 0 ? sm.ds + 16 * mi : reinterpret_cast<const T*>(sm.s) + 16 * mi;  // dS^T, P^T
+          const T* rhs = kind == 0 ? sm.q + 16 * di : sm.dout + 16 * di;
+          const int ld_lhs = kind == 0 ? g.ld_ds : sm.lds_as_t;
           with_frag(dkv, f, [&](AccFrag<T>& acc) {
             mma_accumulate<T, wmma::col_major, wmma::row_major>(acc, lhs, ld_lhs, rhs, g.ldx, kTileRows);
           });
         }
       }
-      __syncthreads();  // the next tile overwrites the staged rows, P and the scores
+      __syncthreads();  // the next tile overwrites the staged rows, P and dS
     }
 
     if (want_dkv) {
@@ -330,11 +366,11 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
         const int rows = clamp_rows(kvalid - 16 * mi, 16), cols = clamp_rows(a.D - 16 * di, 16);
         const int64_t at = (bh * a.M + m0 + 16 * mi) * a.D + 16 * di;
         const float s = kind == 0 ? a.scale : 1.f;  // dK = scale dS^T Q
-        with_frag(dkv, f, [&](AccFrag<T>& acc) { wmma::store_matrix_sync(S, acc, g.lds, wmma::mem_row_major); });
+        with_frag(dkv, f, [&](AccFrag<T>& acc) { wmma::store_matrix_sync(scratch, acc, 16, wmma::mem_row_major); });
         if (a.q_chunks == 1) {
-          write_scratch(S, g.lds, (kind == 0 ? a.dk : a.dv) + at, a.D, rows, cols, s, lane);
+          write_scratch(scratch, (kind == 0 ? a.dk : a.dv) + at, a.D, rows, cols, s, lane);
         } else {
-          write_scratch(S, g.lds, a.dkv_partial + (kind * a.q_chunks + qc) * kv_size + at, a.D, rows, cols, s, lane);
+          write_scratch(scratch, a.dkv_partial + (kind * a.q_chunks + qc) * kv_size + at, a.D, rows, cols, s, lane);
         }
       }
     }
@@ -342,13 +378,17 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
 
   if (want_dbias) {
     float* part = a.dbias_partial + (bc * a.H + h) * a.N * a.M + m0;
-#pragma unroll 1
-    for (int f = 0; f < ntiles * key_tiles; ++f) {
-      const int t = f / key_tiles, j = f % key_tiles;
-      const int64_t n = (t_begin + t) * kTileRows + 16 * warp;
-      const int rows = clamp_rows(a.N - n, 16), cols = clamp_rows(kvalid - 16 * j, 16);
-      with_frag(dbias, f, [&](AccFrag<T>& acc) { wmma::store_matrix_sync(S, acc, g.lds, wmma::mem_row_major); });
-      write_scratch(S, g.lds, part + n * a.M + 16 * j, a.M, rows, cols, 1.f, lane);
+#pragma unroll
+    for (int t = 0; t < kMaxDbiasTiles; ++t) {
+#pragma unroll
+      for (int j = 0; j < kMaxKeyTiles; ++j) {
+        if (t < ntiles && j < key_tiles) {
+          const int64_t n = (t_begin + t) * kTileRows + 16 * warp;
+          const int rows = clamp_rows(a.N - n, 16), cols = clamp_rows(kvalid - 16 * j, 16);
+          wmma::store_matrix_sync(scratch, dbias[t][j], 16, wmma::mem_row_major);
+          write_scratch(scratch, part + n * a.M + 16 * j, a.M, rows, cols, 1.f, lane);
+        }
+      }
     }
   }
 }
@@ -360,19 +400,9 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const BackwardArgs<T>
   TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
   unsigned char* smem = align_smem(smem_raw);
   const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
-  const BackwardSmem L = backward_smem(g, sizeof(T));
-  T* sK = reinterpret_cast<T*>(smem + L.k);
-  T* sV = reinterpret_cast<T*>(smem + L.v);
-  T* sQ = reinterpret_cast<T*>(smem + L.q);
-  T* sdO = reinterpret_cast<T*>(smem + L.dout);
-  float* sS = reinterpret_cast<float*>(smem + L.s);
-  T* sP = reinterpret_cast<T*>(smem + L.p);
-  float* sdQ = reinterpret_cast<float*>(smem + L.dq);
-  float* row_lse = reinterpret_cast<float*>(smem + L.row_lse);
-  float* row_delta = reinterpret_cast<float*>(smem + L.row_delta);
-  const int lddS = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
+  const BackwardTiles<T> sm(smem, g);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  zero_smem(smem, L.bytes - kSmemAlign, tid, kThreads);
+  zero_smem(smem, backward_smem(g, sizeof(T)).bytes - kSmemAlign, tid, kThreads);
 
   const int64_t tiles = (a.N + kTileRows - 1) / kTileRows;
   const int64_t bh = blockIdx.x / tiles, b = bh / a.H, h = bh % a.H;
@@ -380,36 +410,32 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const BackwardArgs<T>
   const int rows = clamp_rows(a.N - n0, kTileRows);
   const int strip_rows = clamp_rows(rows - 16 * warp, 16);
   const T* bias_bh = a.bias ? a.bias + bias_slice_offset(b, h, a.Bb, a.Hb, a.N, a.M) : nullptr;
-  float* S = sS + 16 * warp * g.lds;
-  T* P = sP + 16 * warp * g.ldp;
-  float* dQs = sdQ + 16 * warp * g.ldo;
-  T* sOut = reinterpret_cast<T*>(sdQ);  // as in attn_backward_kernel
-  const int ld_out = g.ldo * static_cast<int>(sizeof(float) / sizeof(T));
-  const T* Qs = sQ + 16 * warp * g.ldx;
-  const T* dOs = sdO + 16 * warp * g.ldx;
+  const float scale2 = a.scale * kLog2e;
+  float* scratch = sm.scratch + 256 * warp;
+  float* delta = sm.delta + 256 * warp;
+  float* dQs = sm.dq + 16 * warp * g.ldo;
+  const T* Qs = sm.q + 16 * warp * g.ldx;
+  const T* dOs = sm.dout + 16 * warp * g.ldx;
   __syncthreads();
-  load_rows(sQ, g.ldx, a.q + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
-  load_rows(sdO, g.ldx, a.dout + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
-  load_rows(sOut, ld_out, a.out + row0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
-  for (int r = tid; r < kTileRows; r += kThreads) row_lse[r] = r < rows ? a.lse[row0 + r] : 0.f;
-  __syncthreads();
-  delta_strip(row_delta + 16 * warp, dOs, g.ldx, sOut + 16 * warp * ld_out, ld_out, static_cast<int>(a.D), lane);
 
   for (int64_t c = 0; c < a.key_chunks; ++c) {
     const int64_t m0 = c * a.KC;
     const int kvalid = clamp_rows(a.M - m0, a.KC);
     if (c > 0) __syncthreads();  // every warp is done with the previous chunk
-    load_rows(sK, g.ldx, a.k + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
-    load_rows(sV, g.ldx, a.v + (bh * a.M + m0) * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
-    if (kvalid < a.KC) {
-      zero_rows(sK, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
-      zero_rows(sV, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
+    stage_keys(a.k + (bh * a.M + m0) * a.D, a.v + (bh * a.M + m0) * a.D, sm, g, kvalid, static_cast<int>(a.D), true,
+               tid);
+    if (c == 0) {
+      stage_backward_tile(a, sm, g, bias_bh, bh, n0, m0, rows, kvalid, tid);
+    } else {
+      stage_bias_tile(sm.s, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, a.lse + row0, kLog2e, rows,
+                      a.KC, kvalid, tid, kThreads);
     }
-    stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, rows, a.KC, kvalid, tid, kThreads);
     __syncthreads();
-    gradients_strip<T>(S, g.lds, P, g.ldp, Qs, dOs, sK, sV, g, row_lse + 16 * warp, row_delta + 16 * warp,
-                       strip_rows, a.scale, lane);
-    strip_to_operand<T>(S, g.lds, a.KC, lane);
+    if (c == 0) {
+      delta_tile_strip(delta, dOs, g.ldx, sm.out() + 16 * warp * sm.ld_out, sm.ld_out, static_cast<int>(a.D), lane);
+    }
+    backward_strip<T>(sm.s + 16 * warp * g.lds, g.lds, sm.ds + 16 * warp * g.ld_ds, g.ld_ds, scratch, delta, Qs, dOs,
+                      sm.k, sm.v, g, scale2, lane, [](int, const AccFrag<T>&) {});
     for (int d = 0; d < g.Dp; d += 16) {
       AccFrag<T> acc;
       if (c == 0) {
@@ -417,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const BackwardArgs<T>
       } else {
         wmma::load_matrix_sync(acc, dQs + d, g.ldo, wmma::mem_row_major);
       }
-      mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, reinterpret_cast<const T*>(S), lddS, sK + d, g.ldx,
+      mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, sm.ds + 16 * warp * g.ld_ds, g.ld_ds, sm.k + d, g.ldx,
                                                           a.KC);
       wmma::store_matrix_sync(dQs + d, acc, g.ldo, wmma::mem_row_major);
     }
@@ -578,11 +604,12 @@ bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& de
                    BackwardPlan* p) {
   p->Dp = padded_head_dim(s.D);
   const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, 1 << 20)), 16);
-  const int max_kc_by_frags = kMaxDkvFrags * kWarps * 16 * 16 / (2 * p->Dp);  // dK + dV tiles fit the warps
+  // Key chunks of at most 64 keys whose dK + dV tiles fit the warps' accumulators.
+  const int max_kc_by_frags = std::min(16 * kMaxKeyTiles, kMaxDkvFrags * kWarps * 16 * 16 / (2 * p->Dp));
   auto bytes = [&](int KC) { return backward_smem(make_geometry(p->Dp, KC, eb), eb).bytes; };
   p->KC = 0;
   if (Mp <= max_kc_by_frags && bytes(Mp) <= static_cast<size_t>(dev.smem_optin)) p->KC = Mp;
-  for (int KC : {128, 64, 32, 16}) {
+  for (int KC : {64, 32, 16}) {
     if (p->KC == 0 && KC < Mp && KC <= max_kc_by_frags && bytes(KC) <= static_cast<size_t>(dev.smem_optin)) {
       p->KC = KC;
     }
@@ -591,7 +618,6 @@ bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& de
   p->smem = bytes(p->KC);
   p->key_chunks = (s.M + p->KC - 1) / p->KC;
   p->dq_kernel = p->key_chunks > 1;
-  const int key_tiles = p->KC / 16;
   const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
   const int64_t target = static_cast<int64_t>(dev.sms) * std::max(2, blocks_per_sm(p->smem, dev, regs_per_thread));
   const double kv_bytes = 8.0 * s.B * s.H * s.M * s.D;  // one fp32 dK + dV partial, written and read
@@ -601,8 +627,8 @@ bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& de
   auto kv_cost = [&](const BackwardPass& q) { return q.dkv && q.q_chunks > 1 ? kv_bytes * q.q_chunks : 0.0; };
   auto bias_cost = [&](const BackwardPass& q) { return q.dbias ? bias_bytes * q.b_chunks : 0.0; };
 
-  // Fused: one pass; the dbias of a query chunk is held in registers (tiles * key_tiles <= kMaxDbiasFrags).
-  const int64_t max_tiles = want_dbias ? std::max(1, kMaxDbiasFrags / key_tiles) : tiles;
+  // Fused: one pass; the dbias of a query chunk (at most kMaxDbiasTiles tiles) is held in registers.
+  const int64_t max_tiles = want_dbias ? kMaxDbiasTiles : tiles;
   int64_t best_blocks = -1;
   for (int64_t t = 1; t <= max_tiles && t <= tiles; ++t) {
     const BackwardPass q = make_pass(s, p->key_chunks, tiles, static_cast<int>(t), target, true, want_dbias);

@@ -12,14 +12,22 @@ namespace attn {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// Scores tile (64 x KC fp32, stride lds) = bias rows [0, rows) of the tile at keys [0, kvalid) (`bias_rows`: the
-// tile's first row at the chunk's first key, row stride M; null = no bias), 0 on rows past `rows`, -inf on keys
-// past kvalid. Block-wide, with the other loads of the tile.
+// Scores tile (64 x KC fp32, stride lds) = (bias[r, c] - row_offset[r]) * mul on rows r < rows and keys c < kvalid,
+// -inf elsewhere. bias_rows: the tile's first row at the chunk's first key (row stride M), null = no bias;
+// row_offset: the tile's rows of a per-row value in global memory (the backward's lse), or null. Block-wide, with
+// the other loads of the tile.
 template <typename T>
-__device__ __forceinline__ void stage_bias_tile(float* S, int lds, const T* __restrict__ bias_rows, int64_t M, int rows,
-                                                int KC, int kvalid, int tid, int nthreads) {
+__device__ __forceinline__ void stage_bias_tile(float* S, int lds, const T* __restrict__ bias_rows, int64_t M,
+                                                const float* __restrict__ row_offset, float mul, int rows, int KC,
+                                                int kvalid, int tid, int nthreads) {
   for_each_strided(kTileRows, KC, tid, nthreads, [&](int r, int c, int) {
-    S[r * lds + c] = c >= kvalid ? -INFINITY : bias_rows != nullptr && r < rows ? to_float(bias_rows[r * M + c]) : 0.f;
+    float x = -INFINITY;
+    if (c < kvalid && r < rows) {
+      x = bias_rows != nullptr ? to_float(bias_rows[r * M + c]) : 0.f;
+      if (row_offset != nullptr) x -= row_offset[r];
+      x *= mul;
+    }
+    S[r * lds + c] = x;
   });
 }
 
@@ -40,30 +48,11 @@ __device__ __forceinline__ void scores_strip(float* S, int lds, const T* Qs, con
   __syncwarp();
 }
 
-// Fp32 strip (16 x cols) of stride lds, converted in place to T with row stride lds * 4 / sizeof(T): row r of the
-// T copy occupies the front of row r's fp32 bytes, so each 32-column step only overwrites floats that this or an
-// earlier step has already read (the __syncwarp orders the reads before the writes). No-op for float.
-template <typename T>
-__device__ __forceinline__ void strip_to_operand(float* S, int lds, int cols, int lane) {
-  if constexpr (!std::is_same<T, float>::value) {
-    T* out = reinterpret_cast<T*>(S);
-    const int ldt = lds * static_cast<int>(sizeof(float) / sizeof(T));
-  #pragma unroll 1
-  for (int r = 0; r < 16; ++r) {
-      for (int c0 = 0; c0 < cols; c0 += 32) {
-        const int c = c0 + lane;
-        const float x = c < cols ? S[r * lds + c] : 0.f;
-        __syncwarp();
-        if (c < cols) out[r * ldt + c] = from_float<T>(x);
-      }
-    }
-    __syncwarp();
-  }
-}
-
-// One online-softmax step of the forward over a key chunk whose scores are in S: 8 lanes per row, 4 rows per
-// pass. m/l are the running max and sum of rows 4 * pass + lane / 8; the chunk's exp(s - m) go to P (aliasing S,
-// see strip_to_operand), and the rows of O (fp32, the output so far) are rescaled when `rescale`.
+// One online-softmax step of the forward over a key chunk whose base-2 scores (log2(e) * (scale q k^T + bias)) are
+// in S: 8 lanes per row, 4 rows per pass. m/l are the running max and sum of rows 4 * pass + lane / 8; the chunk's
+// 2^(s - m) go to P in T, over S (row r of P sits at the front of S's row r, and each 8-column step only overwrites
+// floats that this or an earlier step has read), and the rows of O (fp32, the output so far) are rescaled when
+// `rescale`.
 template <typename T>
 __device__ __forceinline__ void softmax_strip(float* S, int lds, float* O, int ldo, const Geometry& g, bool rescale,
                                               float (&m)[4], float (&l)[4], int lane) {
@@ -81,11 +70,11 @@ __device__ __forceinline__ void softmax_strip(float* S, int lds, float* O, int l
     chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 4));
     const float m_new = fmaxf(m[pass], chunk_max);
     const float m_ref = m_new == -INFINITY ? 0.f : m_new;  // a row masked so far: keep exp() finite
-    const float alpha = __expf(m[pass] - m_ref);
+    const float alpha = exp2f(m[pass] - m_ref);
     float sum = 0.f;
     T* Pr = P + r * ldp;
     for (int c0 = 0; c0 < g.KC; c0 += 8) {
-      const float e = __expf(Sr[c0 + sub] - m_ref);
+      const float e = exp2f(Sr[c0 + sub] - m_ref);
       sum += e;
       __syncwarp();  // P aliases S: these floats were read in this or an earlier step
       Pr[c0 + sub] = from_float<T>(e);
@@ -102,11 +91,11 @@ __device__ __forceinline__ void softmax_strip(float* S, int lds, float* O, int l
   __syncwarp();
 }
 
-// delta[r] = sum_d dO[r, d] * O[r, d] of the strip's 16 rows, both staged (rows past N are zero): 16 lanes per row,
-// two rows at a time.
+// The strip's delta[r] = sum_d dO[r, d] * O[r, d] (both staged; rows past N are zero) as a row-broadcast 16x16
+// tile, tile[r][c] = delta[r], for element-wise work with fragments. 16 lanes per row, two rows at a time.
 template <typename T>
-__device__ __forceinline__ void delta_strip(float* delta, const T* dOs, int ld_do, const T* Os, int ld_o, int D,
-                                            int lane) {
+__device__ __forceinline__ void delta_tile_strip(float* tile, const T* dOs, int ld_do, const T* Os, int ld_o, int D,
+                                                 int lane) {
   const int sub = lane % 16;
 #pragma unroll 1
   for (int r0 = 0; r0 < 16; r0 += 2) {
@@ -117,44 +106,80 @@ __device__ __forceinline__ void delta_strip(float* delta, const T* dOs, int ld_d
     acc += __shfl_xor_sync(kFullMask, acc, 4);
     acc += __shfl_xor_sync(kFullMask, acc, 2);
     acc += __shfl_xor_sync(kFullMask, acc, 1);
-    if (sub == 0) delta[r] = acc;
+    tile[r * 16 + sub] = acc;
   }
   __syncwarp();
 }
 
-// Backward recomputation for the strip and one key chunk, given the staged bias in S:
-//   P (T, stride ldp)  = exp(scale q k^T + bias - lse)            (0 on rows past `rows` and keys past the chunk)
-//   S (fp32, stride lds) = dS = P * (dO v^T - delta)
-// Qs/dOs are the strip's rows of the q/grad_out tiles; lse/delta the strip's row values.
 template <typename T>
-__device__ __forceinline__ void gradients_strip(float* S, int lds, T* P, int ldp, const T* Qs, const T* dOs,
-                                                const T* K, const T* V, const Geometry& g, const float* lse,
-                                                const float* delta, int rows, float scale, int lane) {
-  scores_strip<T>(S, lds, Qs, K, g, scale);
-#pragma unroll 1
-  for (int r = 0; r < 16; ++r) {
-    const bool valid = r < rows;
-    const float row_lse = lse[r];
-#pragma unroll 2
-    for (int c = lane; c < g.KC; c += 32) {
-      P[r * ldp + c] = from_float<T>(valid ? __expf(S[r * lds + c] - row_lse) : 0.f);
+__device__ __forceinline__ unsigned pack_pair(float a, float b);
+template <>
+__device__ __forceinline__ unsigned pack_pair<__half>(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+template <>
+__device__ __forceinline__ unsigned pack_pair<__nv_bfloat16>(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// A 16x16 fp32 block (the warp's scratch, stride 16) to 16 rows of 16-bit T at dst (stride ld, 16-byte aligned
+// rows): 8 consecutive elements per lane, one 16-byte store.
+template <typename T>
+__device__ __forceinline__ void scratch_to_operand(const float* scratch, T* dst, int ld, int lane) {
+  const int r = lane / 2, c = (lane % 2) * 8;
+  const float4 lo = *reinterpret_cast<const float4*>(scratch + r * 16 + c);
+  const float4 hi = *reinterpret_cast<const float4*>(scratch + r * 16 + c + 4);
+  *reinterpret_cast<uint4*>(dst + r * ld + c) =
+      make_uint4(pack_pair<T>(lo.x, lo.y), pack_pair<T>(lo.z, lo.w), pack_pair<T>(hi.x, hi.y), pack_pair<T>(hi.z, hi.w));
+}
+
+constexpr int kMaxKeyTiles = 4;  // the backward takes keys in chunks of at most 64
+
+// Backward recomputation for the warp's 16-row strip and one key chunk (KC <= 64), element-wise on fragments:
+//   p  = exp2(scale2 * q k^T + sb)     sb = (bias - lse) * log2(e), staged in S (-inf on masked keys and rows)
+//   ds = p * (dO v^T - delta)          delta from the strip's row-broadcast tile
+// on_ds(j, ds) sees the ds fragment of key tile j. p then replaces S in the operand type T (16-bit rows of T sit
+// at the front of S's fp32 rows: key tile j's T values cover floats of key tiles <= j, already read), and ds goes
+// to dS (T, stride ld_ds). 16-bit types pass through the warp's 16x16 fp32 scratch.
+template <typename T, typename OnDs>
+__device__ __forceinline__ void backward_strip(float* S, int lds, T* dS, int ld_ds, float* scratch,
+                                               const float* delta_tile, const T* Qs, const T* dOs, const T* K,
+                                               const T* V, const Geometry& g, float scale2, int lane, OnDs&& on_ds) {
+  T* P = reinterpret_cast<T*>(S);
+  const int ldp = lds * static_cast<int>(sizeof(float) / sizeof(T));
+#pragma unroll
+  for (int j = 0; j < kMaxKeyTiles; ++j) {
+    if (16 * j < g.KC) {
+      AccFrag<T> p, dp, x;
+      wmma::fill_fragment(p, 0.f);
+      mma_accumulate<T, wmma::row_major, wmma::col_major>(p, Qs, g.ldx, K + 16 * j * g.ldx, g.ldx, g.Dp);
+      wmma::load_matrix_sync(x, S + 16 * j, lds, wmma::mem_row_major);
+#pragma unroll
+      for (int i = 0; i < p.num_elements; ++i) p.x[i] = exp2f(fmaf(p.x[i], scale2, x.x[i]));
+      wmma::fill_fragment(dp, 0.f);
+      mma_accumulate<T, wmma::row_major, wmma::col_major>(dp, dOs, g.ldx, V + 16 * j * g.ldx, g.ldx, g.Dp);
+      wmma::load_matrix_sync(x, delta_tile, 16, wmma::mem_row_major);
+#pragma unroll
+      for (int i = 0; i < dp.num_elements; ++i) dp.x[i] = p.x[i] * (dp.x[i] - x.x[i]);
+      on_ds(j, dp);
+      __syncwarp();  // every lane has read key tile j of S
+      if constexpr (std::is_same<T, float>::value) {
+        wmma::store_matrix_sync(S + 16 * j, p, lds, wmma::mem_row_major);
+        wmma::store_matrix_sync(dS + 16 * j, dp, ld_ds, wmma::mem_row_major);
+      } else {
+        wmma::store_matrix_sync(scratch, p, 16, wmma::mem_row_major);
+        __syncwarp();
+        scratch_to_operand(scratch, P + 16 * j, ldp, lane);
+        __syncwarp();
+        wmma::store_matrix_sync(scratch, dp, 16, wmma::mem_row_major);
+        __syncwarp();
+        scratch_to_operand(scratch, dS + 16 * j, ld_ds, lane);
+        __syncwarp();
+      }
     }
   }
-  __syncwarp();
-  for (int j = 0; j < g.KC; j += 16) {  // dP = dO V^T, over the scores
-    AccFrag<T> acc;
-    wmma::fill_fragment(acc, 0.f);
-    mma_accumulate<T, wmma::row_major, wmma::col_major>(acc, dOs, g.ldx, V + j * g.ldx, g.ldx, g.Dp);
-    wmma::store_matrix_sync(S + j, acc, lds, wmma::mem_row_major);
-  }
-  __syncwarp();
-#pragma unroll 1
-  for (int r = 0; r < 16; ++r) {
-    const float row_delta = delta[r];
-#pragma unroll 2
-    for (int c = lane; c < g.KC; c += 32) S[r * lds + c] = to_float(P[r * ldp + c]) * (S[r * lds + c] - row_delta);
-  }
-  __syncwarp();
 }
 
 }  // namespace attn

@@ -24,7 +24,7 @@ struct Geometry {
   int Dp, KC;  // padded head dim, keys per chunk
   int ldx;     // q, k, v, grad_out tiles (T)
   int lds;     // scores S / dP / dS (fp32)
-  int ldp;     // probabilities P (T) in backward
+  int ld_ds;   // score gradients dS (T) in backward
   int ldo;     // fp32 output rows (forward O, backward dq)
 };
 
@@ -61,7 +61,7 @@ __host__ __device__ inline ForwardSmem forward_smem(const Geometry& g, int elem_
 }
 
 struct BackwardSmem {  // byte offsets
-  size_t k, v, q, dout, s, p, dq, row_lse, row_delta, bytes;
+  size_t k, v, q, dout, s, ds, dq, scratch, delta, bytes;
 };
 __host__ __device__ inline BackwardSmem backward_smem(const Geometry& g, int elem_bytes) {
   SmemCarver c;
@@ -71,10 +71,10 @@ __host__ __device__ inline BackwardSmem backward_smem(const Geometry& g, int ele
   m.q = c.take(size_t(kTileRows) * g.ldx * elem_bytes);
   m.dout = c.take(size_t(kTileRows) * g.ldx * elem_bytes);
   m.s = c.take(size_t(kTileRows) * g.lds * 4);
-  m.p = c.take(size_t(kTileRows) * g.ldp * elem_bytes);
+  m.ds = c.take(size_t(kTileRows) * g.ld_ds * elem_bytes);
   m.dq = c.take(size_t(kTileRows) * g.ldo * 4);
-  m.row_lse = c.take(kTileRows * 4);
-  m.row_delta = c.take(kTileRows * 4);
+  m.scratch = c.take(size_t(kWarps) * 16 * 16 * 4);  // per warp: a 16x16 fp32 block on its way to T
+  m.delta = c.take(size_t(kWarps) * 16 * 16 * 4);    // per warp: delta as a row-broadcast 16x16 tile
   m.bytes = c.total();
   return m;
 }
