@@ -570,7 +570,6 @@ struct BackwardPlan {
   int passes = 0;
   BackwardPass pass[2];
   int64_t dkv_floats = 0, dbias_floats = 0;  // workspace: dK/dV partials, then dbias partials
-  double bytes = 0;                          // modelled memory traffic, to choose between plans
 };
 
 // Query chunks of `tiles_per_qchunk` tiles, then the fewest batch chunks that launch `target` blocks.
@@ -584,22 +583,34 @@ BackwardPass make_pass(const AttnShape& s, int64_t key_chunks, int64_t tiles, in
   const int64_t base = s.H * p.q_chunks * key_chunks;
   int64_t b_chunks = std::min<int64_t>(s.B, std::max<int64_t>(1, (target + base - 1) / base));
   if (dbias && s.Bb > 1) b_chunks = s.B;  // a per-batch bias: every batch has its own slice
-  p.batch_per_chunk = static_cast<int>((s.B + b_chunks - 1) / b_chunks);
+  p.batch_per_chunk = static_cast<int>(std::max<int64_t>(1, s.B / b_chunks));  // rounded to reach b_chunks
   p.b_chunks = (s.B + p.batch_per_chunk - 1) / p.batch_per_chunk;
   return p;
 }
 
-// A candidate launch that fills the GPU (>= target blocks) beats one that does not; among those that fill it the
-// one moving fewer bytes wins, among those that do not the one with more blocks.
-bool better(int64_t blocks, double bytes, int64_t best_blocks, double best_bytes, int64_t target) {
-  const bool fills = blocks >= target, best_fills = best_blocks >= target;
-  if (fills != best_fills) return fills;
-  if (!fills && blocks != best_blocks) return blocks > best_blocks;
-  return bytes < best_bytes;
+// A set of passes and what it costs: modelled bytes, fp32 workspace, and the smallest grid among its passes.
+struct Candidate {
+  int passes = 0;
+  BackwardPass pass[2];
+  int64_t blocks = 0, workspace = 0;
+  double bytes = 0;
+};
+
+// Within the workspace cap first; then filling the GPU (>= target blocks); then fewer bytes among those that fill
+// it, more blocks among those that do not.
+bool better(const Candidate& a, const Candidate& b, int64_t target, int64_t cap) {
+  if ((a.workspace <= cap) != (b.workspace <= cap)) return a.workspace <= cap;
+  const bool fills = a.blocks >= target, b_fills = b.blocks >= target;
+  if (fills != b_fills) return fills;
+  if (!fills && a.blocks != b.blocks) return a.blocks > b.blocks;
+  return a.bytes < b.bytes;
 }
 
-// Choose key chunking, passes and chunk counts. Costs are modelled bytes: each pass reads q, grad_out, out once
-// per key chunk (from HBM or L2); fp32 partials are written and read back once.
+// Choose the key chunk, passes and chunk counts. Modelled bytes: each pass reads q, grad_out and out once per key
+// chunk (HBM or L2) and recomputes every score, which at ~40 instructions per score and thread costs about as
+// long as moving 8 bytes; fp32 partials are written and read back once. The workspace stays under
+// max(256 MiB, 2 x q's bytes) whenever a plan allows (the fused pass at detection sizes would need gigabytes of
+// dK/dV partials: it splits instead).
 bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& dev, int regs_per_thread,
                    BackwardPlan* p) {
   p->Dp = padded_head_dim(s.D);
@@ -620,53 +631,57 @@ bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& de
   p->dq_kernel = p->key_chunks > 1;
   const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
   const int64_t target = static_cast<int64_t>(dev.sms) * std::max(2, blocks_per_sm(p->smem, dev, regs_per_thread));
-  const double kv_bytes = 8.0 * s.B * s.H * s.M * s.D;  // one fp32 dK + dV partial, written and read
-  const double bias_bytes = 8.0 * s.H * s.N * s.M;      // one fp32 dbias partial, written and read
-  const double pass_bytes = static_cast<double>(eb) * s.B * s.H * s.N * s.D * 3 * p->key_chunks;
-  const double dq_bytes = p->dq_kernel ? pass_bytes : 0;
-  auto kv_cost = [&](const BackwardPass& q) { return q.dkv && q.q_chunks > 1 ? kv_bytes * q.q_chunks : 0.0; };
-  auto bias_cost = [&](const BackwardPass& q) { return q.dbias ? bias_bytes * q.b_chunks : 0.0; };
-
-  // Fused: one pass; the dbias of a query chunk (at most kMaxDbiasTiles tiles) is held in registers.
-  const int64_t max_tiles = want_dbias ? kMaxDbiasTiles : tiles;
-  int64_t best_blocks = -1;
-  for (int64_t t = 1; t <= max_tiles && t <= tiles; ++t) {
-    const BackwardPass q = make_pass(s, p->key_chunks, tiles, static_cast<int>(t), target, true, want_dbias);
-    const int64_t blocks = q.blocks(s, p->key_chunks);
-    const double cost = pass_bytes + dq_bytes + kv_cost(q) + bias_cost(q);
-    if (best_blocks < 0 || better(blocks, cost, best_blocks, p->bytes, target)) {
-      best_blocks = blocks;
-      p->bytes = cost;
-      p->passes = 1;
-      p->pass[0] = q;
+  const int64_t cap = std::max<int64_t>(int64_t(64) << 20, s.B * s.H * s.N * s.D * eb / 2);  // floats
+  const int64_t kv_floats = 2 * s.B * s.H * s.M * s.D;  // one dK + dV partial
+  const int64_t bias_floats = s.H * s.N * s.M;          // one dbias partial
+  const double pass_bytes = static_cast<double>(s.B) * s.H * s.N * p->key_chunks * (3.0 * eb * s.D + 8.0 * p->KC);
+  auto finish = [&](Candidate& c) {
+    c.blocks = INT64_MAX;
+    c.bytes = (c.passes + (p->dq_kernel ? 1 : 0)) * pass_bytes;
+    for (int i = 0; i < c.passes; ++i) {
+      const BackwardPass& q = c.pass[i];
+      c.blocks = std::min(c.blocks, q.blocks(s, p->key_chunks));
+      if (q.dkv && q.q_chunks > 1) c.workspace += q.q_chunks * kv_floats;
+      if (q.dbias) c.workspace += q.b_chunks * bias_floats;
     }
+    c.bytes += 8.0 * c.workspace;
+  };
+
+  Candidate best;
+  // Fused: one pass; the dbias of a query chunk (at most kMaxDbiasTiles tiles) is held in registers.
+  const int64_t max_tiles = std::min<int64_t>(tiles, want_dbias ? kMaxDbiasTiles : tiles);
+  for (int64_t t = 1; t <= max_tiles; ++t) {
+    Candidate c;
+    c.passes = 1;
+    c.pass[0] = make_pass(s, p->key_chunks, tiles, static_cast<int>(t), target, true, want_dbias);
+    finish(c);
+    if (best.passes == 0 || better(c, best, target, cap)) best = c;
   }
   // Split: dK/dV with query chunks as long as the grid allows, dbias with batch chunks as long as it allows.
   if (want_dbias) {
     const int64_t kv_blocks = s.B * s.H * p->key_chunks;
     const int64_t q_chunks = std::min<int64_t>(tiles, std::max<int64_t>(1, (target + kv_blocks - 1) / kv_blocks));
-    BackwardPass kv = make_pass(s, p->key_chunks, tiles, static_cast<int>((tiles + q_chunks - 1) / q_chunks), 1,
-                                true, false);
-    kv.batch_per_chunk = 1;
-    kv.b_chunks = s.B;
-    const BackwardPass db = make_pass(s, p->key_chunks, tiles, 1, target, false, true);
-    const int64_t blocks = std::min(kv.blocks(s, p->key_chunks), db.blocks(s, p->key_chunks));
-    const double cost = 2 * pass_bytes + dq_bytes + kv_cost(kv) + bias_cost(db);
-    if (better(blocks, cost, best_blocks, p->bytes, target)) {
-      p->bytes = cost;
-      p->passes = 2;
-      p->pass[0] = kv;
-      p->pass[1] = db;
-    }
+    Candidate c;
+    c.passes = 2;
+    c.pass[0] = make_pass(s, p->key_chunks, tiles, static_cast<int>((tiles + q_chunks - 1) / q_chunks), 1, true,
+                          false);
+    c.pass[0].batch_per_chunk = 1;
+    c.pass[0].b_chunks = s.B;
+    c.pass[1] = make_pass(s, p->key_chunks, tiles, 1, target, false, true);
+    finish(c);
+    if (better(c, best, target, cap)) best = c;
   }
+  p->passes = best.passes;
+  p->pass[0] = best.pass[0];
+  p->pass[1] = best.pass[1];
   p->pass[0].dq = !p->dq_kernel;
   p->dkv_floats = 0;
   p->dbias_floats = 0;
   for (int i = 0; i < p->passes; ++i) {
     const BackwardPass& q = p->pass[i];
     if (q.blocks(s, p->key_chunks) > INT_MAX) return false;
-    if (q.dkv && q.q_chunks > 1) p->dkv_floats = 2 * q.q_chunks * s.B * s.H * s.M * s.D;
-    if (q.dbias) p->dbias_floats = q.b_chunks * s.H * s.N * s.M;
+    if (q.dkv && q.q_chunks > 1) p->dkv_floats = q.q_chunks * kv_floats;
+    if (q.dbias) p->dbias_floats = q.b_chunks * bias_floats;
   }
   return !p->dq_kernel || s.B * s.H * tiles <= INT_MAX;
 }
