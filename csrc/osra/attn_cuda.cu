@@ -72,19 +72,44 @@ struct ForwardArgs {
   int64_t groups;  // blocks per (b, h)
 };
 
+// Writes rows [0, rows) x cols [0, cols) of a 16x16 block that the warp has just stored at `scratch` (stride 16)
+// to dst (row stride ld), times `scale`.
+template <typename Dst>
+__device__ __forceinline__ void write_scratch(const float* scratch, Dst* dst, int64_t ld, int rows, int cols,
+                                              float scale, int lane) {
+  __syncwarp();
+#pragma unroll 1
+  for (int e = lane; e < 256; e += 32) {
+    const int r = e / 16, c = e % 16;
+    if (r < rows && c < cols) dst[r * ld + c] = from_float<Dst>(scale * scratch[e]);
+  }
+  __syncwarp();
+}
+
+// Fills row r of a 16x16 tile with x, from the 8 lanes (sub = 0..7) that own row r: a row-broadcast tile for
+// element-wise work with fragments.
+__device__ __forceinline__ void fill_row(float* tile, int r, int sub, float x) {
+  tile[r * 16 + 2 * sub] = x;
+  tile[r * 16 + 2 * sub + 1] = x;
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const ForwardArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, 3) attn_forward_kernel(const ForwardArgs<T> a) {
   TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
   unsigned char* smem = align_smem(smem_raw);
   const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
-  const ForwardSmem L = forward_smem(g, sizeof(T));
+  const int64_t chunks = (a.M + a.KC - 1) / a.KC;
+  const bool online = chunks > 1;  // several key chunks: online softmax, the output in fp32 shared memory
+  const ForwardSmem L = forward_smem(g, sizeof(T), online);
   T* sK = reinterpret_cast<T*>(smem + L.k);
   T* sV = reinterpret_cast<T*>(smem + L.v);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   float* sS = reinterpret_cast<float*>(smem + L.s);
-  float* sO = reinterpret_cast<float*>(smem + L.o);
-  float* row_scale = reinterpret_cast<float*>(smem + L.row_scale);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  T* sBias = reinterpret_cast<T*>(smem + L.bias);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, sub = lane % 8;
+  float* scratch = reinterpret_cast<float*>(smem + L.stats) + 512 * warp;  // also the row-max tile
+  float* stat = scratch + 256;                                             // alpha, then 1/l, tile
+  float* row_max = reinterpret_cast<float*>(smem + L.row_max) + 16 * warp;
   zero_smem(smem, L.bytes - kSmemAlign, tid, kThreads);  // zero padding columns and rows, set once
 
   const int64_t bh = blockIdx.x / a.groups, b = bh / a.H, h = bh % a.H;
@@ -95,9 +120,13 @@ __global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const Forward
   const T* k_bh = a.k + bh * a.M * a.D;
   const T* v_bh = a.v + bh * a.M * a.D;
   const T* bias_bh = a.bias ? a.bias + bias_slice_offset(b, h, a.Bb, a.Hb, a.N, a.M) : nullptr;
-  const int64_t chunks = (a.M + a.KC - 1) / a.KC;
+  const int bias_ld = chunks == 1 ? static_cast<int>(a.M) : a.KC;  // row stride of the staged bias
+  const int key_tiles = a.KC / 16;
+  const float scale2 = a.scale * kLog2e;
   float* S = sS + 16 * warp * g.lds;
-  float* O = sO + 16 * warp * g.ldo;
+  float* O = online ? reinterpret_cast<float*>(smem + L.o) + 16 * warp * g.ldo : nullptr;
+  T* P = reinterpret_cast<T*>(S);  // P in T over S: key tile j's values cover floats of key tiles <= j
+  const int ldp = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
   __syncthreads();
   if (chunks == 1) {  // all keys: staged once for every tile of the block
     load_rows(sK, g.ldx, k_bh, static_cast<int>(a.M), static_cast<int>(a.D), tid, kThreads);
@@ -106,18 +135,19 @@ __global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const Forward
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t n0 = t * kTileRows;
     const int rows = clamp_rows(a.N - n0, kTileRows);
+    const int strip_rows = clamp_rows(rows - 16 * warp, 16);
     load_rows(sQ, g.ldx, q_bh + n0 * a.D, rows, static_cast<int>(a.D), tid, kThreads);
     if (rows < kTileRows) zero_rows(sQ, g.ldx, rows, kTileRows, g.Dp, tid, kThreads);
-    const int strip_rows = clamp_rows(rows - 16 * warp, 16);
-    float m[4], l[4];
+    float m[4];   // running max (base 2) of rows 4 * pass + lane / 8
+    float l = 0;  // running sum of row lane / 2 (in both lanes of the pair)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) m[i] = -INFINITY, l[i] = 0.f;
+    for (int i = 0; i < 4; ++i) m[i] = -INFINITY;
 
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t m0 = c * a.KC;
       const int kvalid = clamp_rows(a.M - m0, a.KC);
       if (chunks > 1) {
-        if (c > 0) __syncthreads();  // every warp is done with the previous chunk's K, V
+        if (c > 0) __syncthreads();  // every warp is done with the previous chunk's K, V and bias
         load_rows(sK, g.ldx, k_bh + m0 * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
         load_rows(sV, g.ldx, v_bh + m0 * a.D, kvalid, static_cast<int>(a.D), tid, kThreads);
         if (kvalid < a.KC) {
@@ -125,40 +155,110 @@ __global__ void __launch_bounds__(kThreads, 4) attn_forward_kernel(const Forward
           zero_rows(sV, g.ldx, kvalid, a.KC, g.Dp, tid, kThreads);
         }
       }
-      stage_bias_tile(sS, g.lds, bias_bh ? bias_bh + n0 * a.M + m0 : nullptr, a.M, nullptr, kLog2e, rows, a.KC,
-                      kvalid, tid, kThreads);
-      __syncthreads();
-      scores_strip<T>(S, g.lds, sQ + 16 * warp * g.ldx, sK, g, a.scale * kLog2e);  // base-2 scores
-      softmax_strip<T>(S, g.lds, O, g.ldo, g, c > 0, m, l, lane);
-      const T* P = reinterpret_cast<const T*>(S);
-      const int ldp = g.lds * static_cast<int>(sizeof(float) / sizeof(T));
-      for (int d = 0; d < g.Dp; d += 16) {  // O += P V
-        AccFrag<T> acc;
-        if (c == 0) {
-          wmma::fill_fragment(acc, 0.f);
+      if (bias_bh != nullptr) {  // as stored: one contiguous run for all keys, else kvalid keys per row
+        if (chunks == 1) {
+          load_rows(sBias, 0, bias_bh + n0 * a.M, 1, rows * bias_ld, tid, kThreads);
         } else {
-          wmma::load_matrix_sync(acc, O + d, g.ldo, wmma::mem_row_major);
+          load_rows_strided(sBias, bias_ld, bias_bh + n0 * a.M + m0, a.M, rows, kvalid, tid, kThreads);
         }
-        mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, P, ldp, sV + d, g.ldx, a.KC);
-        wmma::store_matrix_sync(O + d, acc, g.ldo, wmma::mem_row_major);
+      }
+      __syncthreads();
+
+      #pragma unroll 1
+
+      for (int j = 0; j < a.KC; j += 16) {  // raw scores q k^T
+        AccFrag<T> acc;
+        wmma::fill_fragment(acc, 0.f);
+        mma_accumulate<T, wmma::row_major, wmma::col_major>(acc, sQ + 16 * warp * g.ldx, g.ldx, sK + j * g.ldx, g.ldx,
+                                                            g.Dp);
+        wmma::store_matrix_sync(S + j, acc, g.lds, wmma::mem_row_major);
+      }
+      __syncwarp();
+      // Base-2 scores log2(e) (scale s + bias), -inf on keys past the chunk; the row max and the factor alpha
+      // that rescales what the row has so far. 8 lanes per row, 4 rows per pass.
+#pragma unroll
+      for (int pass = 0; pass < 4; ++pass) {
+        const int r = 4 * pass + lane / 8;
+        const T* bias_row = bias_bh != nullptr && r < strip_rows ? sBias + (16 * warp + r) * bias_ld : nullptr;
+        float* Sr = S + r * g.lds;
+        float chunk_max = -INFINITY;
+        for (int cc = sub; cc < a.KC; cc += 8) {
+          float x = -INFINITY;
+          if (cc < kvalid) x = fmaf(Sr[cc], scale2, bias_row != nullptr ? kLog2e * to_float(bias_row[cc]) : 0.f);
+          Sr[cc] = x;
+          chunk_max = fmaxf(chunk_max, x);
+        }
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 1));
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 2));
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 4));
+        const float m_new = fmaxf(m[pass], chunk_max);
+        const float m_ref = m_new == -INFINITY ? 0.f : m_new;  // a row masked so far: keep exp2() finite
+        fill_row(scratch, r, sub, m_ref);
+        fill_row(stat, r, sub, exp2f(m[pass] - m_ref));
+        if (sub == 0) row_max[r] = m_ref;
+        m[pass] = m_new;
+      }
+      __syncwarp();
+      AccFrag<T> mx;
+      wmma::load_matrix_sync(mx, scratch, 16, wmma::mem_row_major);
+      // P = 2^(s - max) in T over S, and its row sums; then, with several chunks, O = alpha O + P V.
+      float chunk_sum = 0.f;
+      #pragma unroll 1
+      for (int j = 0; j < key_tiles; ++j) {
+        AccFrag<T> p;
+        wmma::load_matrix_sync(p, S + 16 * j, g.lds, wmma::mem_row_major);
+#pragma unroll
+        for (int i = 0; i < p.num_elements; ++i) p.x[i] = exp2f(p.x[i] - mx.x[i]);
+        __syncwarp();  // every lane has read the row-max tile (j = 0) and key tile j of S
+        wmma::store_matrix_sync(scratch, p, 16, wmma::mem_row_major);
+        __syncwarp();
+        chunk_sum += scratch_to_operand_sum(scratch, P + 16 * j, ldp, lane);
+        __syncwarp();
+      }
+      chunk_sum += __shfl_xor_sync(kFullMask, chunk_sum, 1);
+      l = stat[(lane / 2) * 16] * l + chunk_sum;
+      if (online) {
+        AccFrag<T> alpha;
+        wmma::load_matrix_sync(alpha, stat, 16, wmma::mem_row_major);
+        #pragma unroll 1
+        for (int d = 0; d < g.Dp; d += 16) {
+          AccFrag<T> acc;
+          wmma::fill_fragment(acc, 0.f);
+          if (c > 0) {
+            wmma::load_matrix_sync(acc, O + d, g.ldo, wmma::mem_row_major);
+#pragma unroll
+            for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= alpha.x[i];
+          }
+          mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, P, ldp, sV + d, g.ldx, a.KC);
+          wmma::store_matrix_sync(O + d, acc, g.ldo, wmma::mem_row_major);
+        }
       }
       __syncwarp();
     }
 
-#pragma unroll
-    for (int pass = 0; pass < 4; ++pass) {
-      const int r = 4 * pass + lane / 8;
-      if (lane % 8 == 0) {
-        row_scale[16 * warp + r] = 1.f / l[pass];
-        if (r < strip_rows) a.lse[bh * a.N + n0 + 16 * warp + r] = m[pass] * kLn2 + __logf(l[pass]);
-      }
-    }
+    // out = O / l, lse = max + log(l) (natural log).
+    const int r = lane / 2;
+    for (int i = 0; i < 8; ++i) stat[r * 16 + (lane % 2) * 8 + i] = 1.f / l;
+    if (lane % 2 == 0 && r < strip_rows) a.lse[bh * a.N + n0 + 16 * warp + r] = row_max[r] * kLn2 + __logf(l);
     __syncwarp();
-    if (strip_rows > 0) {
-      store_rows(a.out + (bh * a.N + n0 + 16 * warp) * a.D, O, g.ldo, strip_rows, static_cast<int>(a.D),
-                 row_scale + 16 * warp, 1.f, lane);
+    AccFrag<T> inv_l;
+    wmma::load_matrix_sync(inv_l, stat, 16, wmma::mem_row_major);
+    T* out_strip = a.out + (bh * a.N + n0 + 16 * warp) * a.D;
+    #pragma unroll 1
+    for (int d = 0; d < g.Dp; d += 16) {
+      AccFrag<T> acc;
+      if (online) {
+        wmma::load_matrix_sync(acc, O + d, g.ldo, wmma::mem_row_major);
+      } else {  // one chunk: P (still over S) times V, normalised on the way out
+        wmma::fill_fragment(acc, 0.f);
+        mma_accumulate<T, wmma::row_major, wmma::row_major>(acc, P, ldp, sV + d, g.ldx, a.KC);
+      }
+#pragma unroll
+      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= inv_l.x[i];
+      wmma::store_matrix_sync(scratch, acc, 16, wmma::mem_row_major);
+      write_scratch(scratch, out_strip + d, a.D, strip_rows, clamp_rows(a.D - d, 16), 1.f, lane);
     }
-    __syncthreads();  // sQ (and a single chunk's sK, sV) are read by every warp
+    __syncthreads();  // sQ, the staged bias (and a single chunk's sK, sV) are read by every warp
   }
 }
 
@@ -186,20 +286,6 @@ struct BackwardArgs {
   int batch_per_chunk;
   int64_t b_chunks;
 };
-
-// Write rows [0, rows) x cols [0, cols) of a 16x16 block that the warp has just stored at `scratch` (stride 16)
-// to dst (row stride ld), times `scale`.
-template <typename Dst>
-__device__ __forceinline__ void write_scratch(const float* scratch, Dst* dst, int64_t ld, int rows, int cols,
-                                              float scale, int lane) {
-  __syncwarp();
-#pragma unroll 1
-  for (int e = lane; e < 256; e += 32) {
-    const int r = e / 16, c = e % 16;
-    if (r < rows && c < cols) dst[r * ld + c] = from_float<Dst>(scale * scratch[e]);
-  }
-  __syncwarp();
-}
 
 // The shared-memory tiles of a backward block.
 template <typename T>
@@ -326,6 +412,7 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
       const int strip_rows = clamp_rows(rows - 16 * warp, 16);
       if (a.dq != nullptr) {  // dq = scale dS K, complete: this block sees every key
         float* dQs = sm.dq + 16 * warp * g.ldo;
+        #pragma unroll 1
         for (int d = 0; d < g.Dp; d += 16) {
           AccFrag<T> acc;
           wmma::fill_fragment(acc, 0.f);
@@ -396,7 +483,7 @@ __global__ void __launch_bounds__(kThreads, 3) attn_backward_kernel(const Backwa
 // dq alone, for key sets split in chunks: a block owns one query tile and loops over the key chunks; dq
 // accumulates in fp32 shared memory.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) attn_dq_kernel(const BackwardArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, 4) attn_dq_kernel(const BackwardArgs<T> a) {
   TXN_DYNAMIC_SMEM(unsigned char, smem_raw);
   unsigned char* smem = align_smem(smem_raw);
   const Geometry g = make_geometry(a.Dp, a.KC, sizeof(T));
@@ -436,6 +523,7 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const BackwardArgs<T>
     }
     backward_strip<T>(sm.s + 16 * warp * g.lds, g.lds, sm.ds + 16 * warp * g.ld_ds, g.ld_ds, scratch, delta, Qs, dOs,
                       sm.k, sm.v, g, scale2, lane, [](int, const AccFrag<T>&) {});
+    #pragma unroll 1
     for (int d = 0; d < g.Dp; d += 16) {
       AccFrag<T> acc;
       if (c == 0) {
@@ -535,7 +623,7 @@ bool plan_forward(const AttnShape& s, int eb, const Device& dev, ForwardPlan* p)
   p->Dp = padded_head_dim(s.D);
   const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, kMaxAllKeys + 1)), 16);
   const size_t budget = std::max<size_t>(48 * 1024, (static_cast<size_t>(dev.smem_optin) + 1024) / 2 - 1024);
-  auto bytes = [&](int KC) { return forward_smem(make_geometry(p->Dp, KC, eb), eb).bytes; };
+  auto bytes = [&](int KC) { return forward_smem(make_geometry(p->Dp, KC, eb), eb, KC < s.M).bytes; };
   p->KC = 0;
   if (s.M <= kMaxAllKeys && bytes(Mp) <= budget) p->KC = Mp;
   for (int KC : {128, 64, 32, 16}) {

@@ -1,6 +1,7 @@
-// Warp-level steps of the OSRA attention kernels on one warp's 16-row strip of a query tile and one key chunk.
-// Row-wise work (bias, masks, softmax, lse/delta) is done by plain threads on fp32 scores in shared memory; the
-// products go through attn_mma.cuh. Every function is called by all 32 lanes of the warp.
+// Steps of the OSRA attention kernels on one warp's 16-row strip of a query tile and one key chunk. Row-wise values
+// (max, lse, delta) are made by plain threads in shared memory and enter fragment math as row-broadcast 16x16
+// tiles (tile[r][c] = value[r]), so fragments are only ever touched element-wise. Warp-level functions are called
+// by all 32 lanes of the warp; stage_* by the whole block.
 #pragma once
 #include <cmath>
 
@@ -31,66 +32,6 @@ __device__ __forceinline__ void stage_bias_tile(float* S, int lds, const T* __re
   });
 }
 
-// S = scale * Qs K^T + S (S holds the staged bias): Qs the strip's 16 query rows, K the chunk's KC key rows.
-template <typename T>
-__device__ __forceinline__ void scores_strip(float* S, int lds, const T* Qs, const T* K, const Geometry& g,
-                                             float scale) {
-  for (int j = 0; j < g.KC; j += 16) {
-    AccFrag<T> acc, bias;
-    wmma::fill_fragment(acc, 0.f);
-    mma_accumulate<T, wmma::row_major, wmma::col_major>(acc, Qs, g.ldx, K + j * g.ldx, g.ldx, g.Dp);
-    wmma::load_matrix_sync(bias, S + j, lds, wmma::mem_row_major);
-#pragma unroll
-    for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = fmaf(acc.x[i], scale, bias.x[i]);
-    __syncwarp();  // every lane has read this 16x16 block before any lane overwrites it
-    wmma::store_matrix_sync(S + j, acc, lds, wmma::mem_row_major);
-  }
-  __syncwarp();
-}
-
-// One online-softmax step of the forward over a key chunk whose base-2 scores (log2(e) * (scale q k^T + bias)) are
-// in S: 8 lanes per row, 4 rows per pass. m/l are the running max and sum of rows 4 * pass + lane / 8; the chunk's
-// 2^(s - m) go to P in T, over S (row r of P sits at the front of S's row r, and each 8-column step only overwrites
-// floats that this or an earlier step has read), and the rows of O (fp32, the output so far) are rescaled when
-// `rescale`.
-template <typename T>
-__device__ __forceinline__ void softmax_strip(float* S, int lds, float* O, int ldo, const Geometry& g, bool rescale,
-                                              float (&m)[4], float (&l)[4], int lane) {
-  T* P = reinterpret_cast<T*>(S);
-  const int ldp = lds * static_cast<int>(sizeof(float) / sizeof(T));
-  const int sub = lane % 8;
-#pragma unroll
-  for (int pass = 0; pass < 4; ++pass) {
-    const int r = 4 * pass + lane / 8;
-    const float* Sr = S + r * lds;
-    float chunk_max = -INFINITY;
-    for (int c = sub; c < g.KC; c += 8) chunk_max = fmaxf(chunk_max, Sr[c]);
-    chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 1));
-    chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 2));
-    chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 4));
-    const float m_new = fmaxf(m[pass], chunk_max);
-    const float m_ref = m_new == -INFINITY ? 0.f : m_new;  // a row masked so far: keep exp() finite
-    const float alpha = exp2f(m[pass] - m_ref);
-    float sum = 0.f;
-    T* Pr = P + r * ldp;
-    for (int c0 = 0; c0 < g.KC; c0 += 8) {
-      const float e = exp2f(Sr[c0 + sub] - m_ref);
-      sum += e;
-      __syncwarp();  // P aliases S: these floats were read in this or an earlier step
-      Pr[c0 + sub] = from_float<T>(e);
-    }
-    sum += __shfl_xor_sync(kFullMask, sum, 1);
-    sum += __shfl_xor_sync(kFullMask, sum, 2);
-    sum += __shfl_xor_sync(kFullMask, sum, 4);
-    l[pass] = alpha * l[pass] + sum;
-    m[pass] = m_new;
-    if (rescale) {
-      for (int d = sub; d < g.Dp; d += 8) O[r * ldo + d] *= alpha;
-    }
-  }
-  __syncwarp();
-}
-
 // The strip's delta[r] = sum_d dO[r, d] * O[r, d] (both staged; rows past N are zero) as a row-broadcast 16x16
 // tile, tile[r][c] = delta[r], for element-wise work with fragments. 16 lanes per row, two rows at a time.
 template <typename T>
@@ -112,7 +53,7 @@ __device__ __forceinline__ void delta_tile_strip(float* tile, const T* dOs, int 
 }
 
 template <typename T>
-__device__ __forceinline__ unsigned pack_pair(float a, float b);
+__device__ __forceinline__ unsigned pack_pair(float a, float b);  // two T in 32 bits, a first
 template <>
 __device__ __forceinline__ unsigned pack_pair<__half>(float a, float b) {
   const __half2 h = __floats2half2_rn(a, b);
@@ -124,15 +65,21 @@ __device__ __forceinline__ unsigned pack_pair<__nv_bfloat16>(float a, float b) {
   return *reinterpret_cast<const unsigned*>(&h);
 }
 
-// A 16x16 fp32 block (the warp's scratch, stride 16) to 16 rows of 16-bit T at dst (stride ld, 16-byte aligned
-// rows): 8 consecutive elements per lane, one 16-byte store.
+// A 16x16 fp32 block (the warp's scratch, stride 16) to 16 rows of T at dst (stride ld, 16-byte aligned rows), 8
+// consecutive elements per lane (row lane / 2); returns the sum of the lane's 8 values.
 template <typename T>
-__device__ __forceinline__ void scratch_to_operand(const float* scratch, T* dst, int ld, int lane) {
+__device__ __forceinline__ float scratch_to_operand_sum(const float* scratch, T* dst, int ld, int lane) {
   const int r = lane / 2, c = (lane % 2) * 8;
   const float4 lo = *reinterpret_cast<const float4*>(scratch + r * 16 + c);
   const float4 hi = *reinterpret_cast<const float4*>(scratch + r * 16 + c + 4);
-  *reinterpret_cast<uint4*>(dst + r * ld + c) =
-      make_uint4(pack_pair<T>(lo.x, lo.y), pack_pair<T>(lo.z, lo.w), pack_pair<T>(hi.x, hi.y), pack_pair<T>(hi.z, hi.w));
+  if constexpr (std::is_same<T, float>::value) {
+    *reinterpret_cast<float4*>(dst + r * ld + c) = lo;
+    *reinterpret_cast<float4*>(dst + r * ld + c + 4) = hi;
+  } else {
+    *reinterpret_cast<uint4*>(dst + r * ld + c) = make_uint4(pack_pair<T>(lo.x, lo.y), pack_pair<T>(lo.z, lo.w),
+                                                             pack_pair<T>(hi.x, hi.y), pack_pair<T>(hi.z, hi.w));
+  }
+  return ((lo.x + lo.y) + (lo.z + lo.w)) + ((hi.x + hi.y) + (hi.z + hi.w));
 }
 
 constexpr int kMaxKeyTiles = 4;  // the backward takes keys in chunks of at most 64
@@ -171,11 +118,11 @@ __device__ __forceinline__ void backward_strip(float* S, int lds, T* dS, int ld_
       } else {
         wmma::store_matrix_sync(scratch, p, 16, wmma::mem_row_major);
         __syncwarp();
-        scratch_to_operand(scratch, P + 16 * j, ldp, lane);
+        scratch_to_operand_sum(scratch, P + 16 * j, ldp, lane);
         __syncwarp();
         wmma::store_matrix_sync(scratch, dp, 16, wmma::mem_row_major);
         __syncwarp();
-        scratch_to_operand(scratch, dS + 16 * j, ld_ds, lane);
+        scratch_to_operand_sum(scratch, dS + 16 * j, ld_ds, lane);
         __syncwarp();
       }
     }

@@ -45,17 +45,20 @@ struct SmemCarver {
 };
 
 struct ForwardSmem {  // byte offsets
-  size_t k, v, q, s, o, row_scale, bytes;
+  size_t k, v, q, s, bias, stats, row_max, o, bytes;
 };
-__host__ __device__ inline ForwardSmem forward_smem(const Geometry& g, int elem_bytes) {
+// `online`: keys in several chunks, so the output accumulates in fp32 shared memory between them.
+__host__ __device__ inline ForwardSmem forward_smem(const Geometry& g, int elem_bytes, bool online) {
   SmemCarver c;
   ForwardSmem m;
   m.k = c.take(size_t(g.KC) * g.ldx * elem_bytes);
   m.v = c.take(size_t(g.KC) * g.ldx * elem_bytes);
   m.q = c.take(size_t(kTileRows) * g.ldx * elem_bytes);
   m.s = c.take(size_t(kTileRows) * g.lds * 4);
-  m.o = c.take(size_t(kTileRows) * g.ldo * 4);
-  m.row_scale = c.take(kTileRows * 4);
+  m.bias = c.take(size_t(kTileRows) * g.KC * elem_bytes);  // the tile's bias as stored (row stride M or KC)
+  m.stats = c.take(size_t(kWarps) * 2 * 256 * 4);           // per warp: two 16x16 fp32 tiles (scratch, row stats)
+  m.row_max = c.take(kTileRows * 4);
+  m.o = online ? c.take(size_t(kTileRows) * g.ldo * 4) : 0;
   m.bytes = c.total();  // + one alignment slack for the block's base address
   return m;
 }
@@ -99,6 +102,7 @@ __device__ __forceinline__ void for_each_strided(int rows, int cols, int first, 
   if (first >= total) return;
   const int step_r = step / cols, step_c = step - step_r * cols;
   int r = first / cols, c = first - r * cols;
+#pragma unroll 1
   for (int e = first; e < total; e += step) {
     fn(r, c, e);
     r += step_r;
@@ -111,27 +115,35 @@ __device__ __forceinline__ void for_each_strided(int rows, int cols, int first, 
 }
 
 template <typename V, typename T>
-__device__ __forceinline__ void copy_rows_as(T* dst, int ld, const T* __restrict__ src, int rows, int cols, int tid,
-                                             int nthreads) {
+__device__ __forceinline__ void copy_rows_as(T* dst, int ld, const T* __restrict__ src, int64_t src_ld, int rows,
+                                             int cols, int tid, int nthreads) {
   constexpr int kE = sizeof(V) / sizeof(T);
-  const V* s = reinterpret_cast<const V*>(src);
-  for_each_strided(rows, cols / kE, tid, nthreads,
-                   [&](int r, int c, int u) { *reinterpret_cast<V*>(dst + r * ld + c * kE) = s[u]; });
+  for_each_strided(rows, cols / kE, tid, nthreads, [&](int r, int c, int) {
+    *reinterpret_cast<V*>(dst + r * ld + c * kE) = *reinterpret_cast<const V*>(src + r * src_ld + c * kE);
+  });
 }
 
-// Copy `rows` rows of `cols` elements, contiguous in global memory, into shared rows of stride ld; 16- or 8-byte
-// accesses when the address and row length allow.
+// Copy `rows` rows of `cols` elements (global row stride src_ld) into shared rows of stride ld; 16- or 8-byte
+// accesses when the addresses and lengths allow.
+template <typename T>
+__device__ __forceinline__ void load_rows_strided(T* dst, int ld, const T* __restrict__ src, int64_t src_ld, int rows,
+                                                  int cols, int tid, int nthreads) {
+  const uintptr_t align = reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(cols * sizeof(T)) |
+                          static_cast<uintptr_t>(src_ld * sizeof(T));
+  if (align % 16 == 0) {
+    copy_rows_as<uint4>(dst, ld, src, src_ld, rows, cols, tid, nthreads);
+  } else if (align % 8 == 0) {
+    copy_rows_as<uint2>(dst, ld, src, src_ld, rows, cols, tid, nthreads);
+  } else {
+    copy_rows_as<T>(dst, ld, src, src_ld, rows, cols, tid, nthreads);
+  }
+}
+
+// The same for rows that are contiguous in global memory (row stride cols).
 template <typename T>
 __device__ __forceinline__ void load_rows(T* dst, int ld, const T* __restrict__ src, int rows, int cols, int tid,
                                           int nthreads) {
-  const uintptr_t align = reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(cols * sizeof(T));
-  if (align % 16 == 0) {
-    copy_rows_as<uint4>(dst, ld, src, rows, cols, tid, nthreads);
-  } else if (align % 8 == 0) {
-    copy_rows_as<uint2>(dst, ld, src, rows, cols, tid, nthreads);
-  } else {
-    copy_rows_as<T>(dst, ld, src, rows, cols, tid, nthreads);
-  }
+  load_rows_strided(dst, ld, src, cols, rows, cols, tid, nthreads);
 }
 
 template <typename T>
