@@ -12,6 +12,29 @@ namespace transxnet_ops {
 namespace attn {
 
 constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Writes rows [0, rows) x cols [0, cols) of a 16x16 block that the warp has just stored at `scratch` (stride 16)
+// to dst (row stride ld), times `scale`.
+template <typename Dst>
+__device__ __forceinline__ void write_scratch(const float* scratch, Dst* dst, int64_t ld, int rows, int cols,
+                                              float scale, int lane) {
+  __syncwarp();
+#pragma unroll 1
+  for (int e = lane; e < 256; e += 32) {
+    const int r = e / 16, c = e % 16;
+    if (r < rows && c < cols) dst[r * ld + c] = from_float<Dst>(scale * scratch[e]);
+  }
+  __syncwarp();
+}
+
+// Fills row r of a 16x16 tile with x, from the 8 lanes (sub = 0..7) that own row r: a row-broadcast tile for
+// element-wise work with fragments.
+__device__ __forceinline__ void fill_row(float* tile, int r, int sub, float x) {
+  tile[r * 16 + 2 * sub] = x;
+  tile[r * 16 + 2 * sub + 1] = x;
+}
 
 // Scores tile (64 x KC fp32, stride lds) = (bias[r, c] - row_offset[r]) * mul on rows r < rows and keys c < kvalid,
 // -inf elsewhere. bias_rows: the tile's first row at the chunk's first key (row stride M), null = no bias;
@@ -21,7 +44,7 @@ template <typename T>
 __device__ __forceinline__ void stage_bias_tile(float* S, int lds, const T* __restrict__ bias_rows, int64_t M,
                                                 const float* __restrict__ row_offset, float mul, int rows, int KC,
                                                 int kvalid, int tid, int nthreads) {
-  for_each_strided(kTileRows, KC, tid, nthreads, [&](int r, int c, int) {
+  for_each_strided<8>(kTileRows, KC, tid, nthreads, [&](int r, int c, int) {
     float x = -INFINITY;
     if (c < kvalid && r < rows) {
       x = bias_rows != nullptr ? to_float(bias_rows[r * M + c]) : 0.f;

@@ -18,6 +18,11 @@ constexpr int kSmemAlign = 128;
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+// Rows (or keys) left from `left`, clamped to [0, cap].
+__device__ __forceinline__ int clamp_rows(int64_t left, int cap) {
+  return static_cast<int>(left < 0 ? 0 : left > cap ? cap : left);
+}
+
 // Row strides, in elements. Operand rows (T) carry 16 spare bytes and fp32 rows 8 (S) or 4 (O) spare floats:
 // this staggers the banks of consecutive rows and keeps every 16-row WMMA step 32-byte aligned.
 struct Geometry {
@@ -95,14 +100,15 @@ __device__ __forceinline__ void zero_smem(unsigned char* p, size_t bytes, int ti
 }
 
 // Walks the elements (or vectors) e = first, first + step, ... of a rows x cols block in row-major order, calling
-// fn(r, c, e) with r = e / cols, c = e % cols kept up to date without a division per element.
-template <typename Fn>
+// fn(r, c, e) with r = e / cols, c = e % cols kept up to date without a division per element. kUnroll iterations
+// are unrolled so that copies from global memory keep that many loads in flight.
+template <int kUnroll = 1, typename Fn>
 __device__ __forceinline__ void for_each_strided(int rows, int cols, int first, int step, Fn&& fn) {
   const int total = rows * cols;
   if (first >= total) return;
   const int step_r = step / cols, step_c = step - step_r * cols;
   int r = first / cols, c = first - r * cols;
-#pragma unroll 1
+#pragma unroll kUnroll
   for (int e = first; e < total; e += step) {
     fn(r, c, e);
     r += step_r;
@@ -118,7 +124,7 @@ template <typename V, typename T>
 __device__ __forceinline__ void copy_rows_as(T* dst, int ld, const T* __restrict__ src, int64_t src_ld, int rows,
                                              int cols, int tid, int nthreads) {
   constexpr int kE = sizeof(V) / sizeof(T);
-  for_each_strided(rows, cols / kE, tid, nthreads, [&](int r, int c, int) {
+  for_each_strided<4>(rows, cols / kE, tid, nthreads, [&](int r, int c, int) {
     *reinterpret_cast<V*>(dst + r * ld + c * kE) = *reinterpret_cast<const V*>(src + r * src_ld + c * kE);
   });
 }
