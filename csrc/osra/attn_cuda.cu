@@ -38,8 +38,10 @@
 // max(256 MiB, 2 x q's bytes) switch to passes of the same kernel - dK/dV with long query chunks, dbias with
 // whole-batch chunks - plus attn_dq_kernel, which loops over the key chunks of one query tile.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
+#include <mutex>
 #include <type_traits>
 
 #include "cuda_utils.cuh"
@@ -54,15 +56,46 @@ namespace {
 constexpr int kMaxAllKeys = 256;  // the forward stages all keys at once up to this M
 
 struct Device {
+  int id = 0;
   int sms = 1;
   int smem_optin = 48 * 1024;
 };
 
+// The current device, asked at every call (never at import).
 cudaError_t query_device(Device* dev) {
-  int id = 0;
-  cudaError_t err = cudaGetDevice(&id);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&dev->sms, cudaDevAttrMultiProcessorCount, id);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&dev->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, id);
+  cudaError_t err = cudaGetDevice(&dev->id);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&dev->sms, cudaDevAttrMultiProcessorCount, dev->id);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&dev->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev->id);
+  }
+  return err;
+}
+
+constexpr int kMaxDevices = 64;  // per-device caches below; devices past it ask the runtime every time
+
+// Raises Kernel's dynamic shared-memory limit to `bytes` on the device once (the largest asked so far).
+template <auto Kernel>
+cudaError_t allow_smem(const Device& dev, size_t bytes) {
+  static std::mutex mutex;
+  static int allowed[kMaxDevices] = {};
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (dev.id < kMaxDevices && allowed[dev.id] >= static_cast<int>(bytes)) return cudaSuccess;
+  const cudaError_t err =
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess && dev.id < kMaxDevices) allowed[dev.id] = static_cast<int>(bytes);
+  return err;
+}
+
+// Registers per thread of Kernel's binary for the device, asked once.
+template <auto Kernel>
+cudaError_t kernel_registers(const Device& dev, int* regs) {
+  static std::atomic<int> known[kMaxDevices] = {};
+  if (dev.id < kMaxDevices && (*regs = known[dev.id].load(std::memory_order_relaxed)) > 0) return cudaSuccess;
+  cudaFuncAttributes attr{};
+  const cudaError_t err = cudaFuncGetAttributes(&attr, Kernel);
+  *regs = attr.numRegs;
+  if (err == cudaSuccess && dev.id < kMaxDevices) known[dev.id].store(attr.numRegs, std::memory_order_relaxed);
   return err;
 }
 
@@ -76,11 +109,6 @@ int blocks_per_sm(size_t smem, const Device& dev, int regs_per_thread) {
   return std::max(1, std::min({by_smem, by_regs, 16}));
 }
 
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-}
 
 struct ForwardPlan {
   int Dp = 0, KC = 0, tiles_per_block = 1;
@@ -246,14 +274,11 @@ bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& de
 }
 
 template <typename T>
-cudaError_t make_backward_plan(const AttnShape& s, bool want_dbias, BackwardPlan* plan) {
-  Device dev;
-  cudaError_t err = query_device(&dev);
+cudaError_t make_backward_plan(const Device& dev, const AttnShape& s, bool want_dbias, BackwardPlan* plan) {
+  int regs = 0;
+  const cudaError_t err = kernel_registers<attn_backward_kernel<T>>(dev, &regs);
   if (err != cudaSuccess) return err;
-  cudaFuncAttributes attr{};
-  err = cudaFuncGetAttributes(&attr, attn_backward_kernel<T>);
-  if (err != cudaSuccess) return err;
-  return plan_backward(s, sizeof(T), want_dbias, dev, attr.numRegs, plan) ? cudaSuccess : cudaErrorInvalidValue;
+  return plan_backward(s, sizeof(T), want_dbias, dev, regs, plan) ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 int reduce_blocks(int64_t size, int sms) {
@@ -269,7 +294,7 @@ cudaError_t forward(const T* q, const T* k, const T* v, const T* bias, T* out, f
   if (err != cudaSuccess) return err;
   ForwardPlan plan;
   if (!plan_forward(s, sizeof(T), dev, &plan)) return cudaErrorInvalidConfiguration;
-  err = allow_smem(attn_forward_kernel<T>, plan.smem);
+  err = allow_smem<attn_forward_kernel<T>>(dev, plan.smem);
   if (err != cudaSuccess) return err;
   ForwardArgs<T> args;
   args.q = q, args.k = k, args.v = v, args.bias = bias, args.out = out, args.lse = lse;
@@ -285,15 +310,14 @@ template <typename T>
 cudaError_t backward(const T* dout, const T* q, const T* k, const T* v, const T* bias, const T* out,
                      const float* lse, float* workspace, T* dq, T* dk, T* dv, T* dbias, const AttnShape& s,
                      float scale, cudaStream_t stream) {
-  BackwardPlan plan;
-  cudaError_t err = make_backward_plan<T>(s, dbias != nullptr, &plan);
-  if (err != cudaSuccess) return err;
   Device dev;
-  err = query_device(&dev);
+  BackwardPlan plan;
+  cudaError_t err = query_device(&dev);
+  if (err == cudaSuccess) err = make_backward_plan<T>(dev, s, dbias != nullptr, &plan);
   if (err != cudaSuccess) return err;
   float* dkv_partial = plan.dkv_floats > 0 ? workspace : nullptr;
   float* dbias_partial = plan.dbias_floats > 0 ? workspace + plan.dkv_floats : nullptr;
-  if ((err = allow_smem(attn_backward_kernel<T>, plan.smem)) != cudaSuccess) return err;
+  if ((err = allow_smem<attn_backward_kernel<T>>(dev, plan.smem)) != cudaSuccess) return err;
 
   BackwardArgs<T> args{};
   args.q = q, args.k = k, args.v = v, args.bias = bias, args.dout = dout, args.out = out, args.lse = lse;
@@ -302,7 +326,7 @@ cudaError_t backward(const T* dout, const T* q, const T* k, const T* v, const T*
   args.Dp = plan.Dp, args.KC = plan.KC, args.key_chunks = plan.key_chunks;
   args.tiles_per_qchunk = 1, args.q_chunks = 1, args.batch_per_chunk = 1, args.b_chunks = 1;
   if (plan.dq_kernel) {
-    if ((err = allow_smem(attn_dq_kernel<T>, plan.smem)) != cudaSuccess) return err;
+    if ((err = allow_smem<attn_dq_kernel<T>>(dev, plan.smem)) != cudaSuccess) return err;
     args.dq = dq;
     const unsigned blocks = static_cast<unsigned>(s.B * s.H * ((s.N + kTileRows - 1) / kTileRows));
     attn_dq_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
@@ -354,10 +378,12 @@ cudaError_t osra_cuda_forward(DType dtype, const void* q, const void* k, const v
 
 int64_t osra_cuda_backward_workspace(DType dtype, const AttnShape& s, bool want_grad_bias) {
   if (s.B * s.H * s.N == 0 || s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return 0;
+  attn::Device dev;
   attn::BackwardPlan plan;
   const cudaError_t err = dispatch_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    return attn::make_backward_plan<T>(s, want_grad_bias, &plan);
+    const cudaError_t e = attn::query_device(&dev);
+    return e == cudaSuccess ? attn::make_backward_plan<T>(dev, s, want_grad_bias, &plan) : e;
   });
   return err == cudaSuccess ? plan.dkv_floats + plan.dbias_floats : 0;
 }
