@@ -110,15 +110,34 @@ int blocks_per_sm(size_t smem, const Device& dev, int regs_per_thread) {
 }
 
 
+// How long a launch takes relative to a perfect spread of its work over the GPU's block slots: blocks run in
+// waves of `slots`, each wave as long as its largest block (`max_work` units of `total_work`). >= 1.
+double makespan_factor(int64_t blocks, int64_t max_work, int64_t total_work, int64_t slots) {
+  const int64_t waves = (blocks + slots - 1) / slots;
+  return std::max(1.0, static_cast<double>(waves) * max_work * slots / static_cast<double>(total_work));
+}
+
+// Chunk sizes worth trying for `n` items: every size that changes the chunk count, ~2 sqrt(n) of them, from 1 up.
+template <typename Fn>
+void for_each_chunk_size(int64_t n, int64_t max_size, Fn&& fn) {
+  for (int64_t size = 1; size <= std::min(n, max_size);) {
+    fn(size);
+    const int64_t chunks = (n + size - 1) / size;
+    if (chunks == 1) break;
+    size = (n + chunks - 2) / (chunks - 1);  // the smallest size with one chunk fewer
+  }
+}
+
 struct ForwardPlan {
   int Dp = 0, KC = 0, tiles_per_block = 1;
   int64_t groups = 1;
   size_t smem = 0;
 };
 
-// One chunk of all keys when they fit half an SM's shared memory (two blocks per SM), else the largest chunk
-// that does (online softmax).
-bool plan_forward(const AttnShape& s, int eb, const Device& dev, ForwardPlan* p) {
+// One chunk of all keys when they fit half an SM's shared memory (two blocks per SM), else the largest chunk that
+// does (online softmax). With one chunk a block can reuse its staged K, V over several query tiles: the count that
+// gives the shortest makespan, preferring more reuse on ties.
+bool plan_forward(const AttnShape& s, int eb, const Device& dev, int regs_per_thread, ForwardPlan* p) {
   p->Dp = padded_head_dim(s.D);
   const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, kMaxAllKeys + 1)), 16);
   const size_t budget = std::max<size_t>(48 * 1024, (static_cast<size_t>(dev.smem_optin) + 1024) / 2 - 1024);
@@ -131,13 +150,18 @@ bool plan_forward(const AttnShape& s, int eb, const Device& dev, ForwardPlan* p)
   if (p->KC == 0) p->KC = 16;
   p->smem = bytes(p->KC);
   if (p->smem > static_cast<size_t>(dev.smem_optin)) return false;
-  // With one key chunk a block reuses its staged K, V over several tiles; keep >= ~8 blocks per SM.
   const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
-  const int64_t all_tiles = s.B * s.H * tiles;
-  int64_t per_block = s.M <= p->KC ? all_tiles / (8 * static_cast<int64_t>(dev.sms)) : 1;
-  per_block = std::max<int64_t>(1, std::min<int64_t>(per_block, std::min<int64_t>(tiles, 16)));
-  p->tiles_per_block = static_cast<int>(per_block);
-  p->groups = (tiles + per_block - 1) / per_block;
+  const int64_t slots = static_cast<int64_t>(dev.sms) * blocks_per_sm(p->smem, dev, regs_per_thread);
+  double best = -1;
+  for_each_chunk_size(tiles, s.M <= p->KC ? 16 : 1, [&](int64_t per_block) {
+    const int64_t groups = (tiles + per_block - 1) / per_block;
+    const double t = makespan_factor(s.B * s.H * groups, per_block, s.B * s.H * tiles, slots);
+    if (best < 0 || t <= best) {
+      best = t;
+      p->tiles_per_block = static_cast<int>(per_block);
+      p->groups = groups;
+    }
+  });
   return s.B * s.H * p->groups <= INT_MAX;
 }
 
@@ -159,45 +183,12 @@ struct BackwardPlan {
   int64_t dkv_floats = 0, dbias_floats = 0;  // workspace: dK/dV partials, then dbias partials
 };
 
-// Query chunks of `tiles_per_qchunk` tiles, then the fewest batch chunks that launch `target` blocks.
-BackwardPass make_pass(const AttnShape& s, int64_t key_chunks, int64_t tiles, int tiles_per_qchunk, int64_t target,
-                       bool dkv, bool dbias) {
-  BackwardPass p;
-  p.dkv = dkv;
-  p.dbias = dbias;
-  p.tiles_per_qchunk = tiles_per_qchunk;
-  p.q_chunks = (tiles + tiles_per_qchunk - 1) / tiles_per_qchunk;
-  const int64_t base = s.H * p.q_chunks * key_chunks;
-  int64_t b_chunks = std::min<int64_t>(s.B, std::max<int64_t>(1, (target + base - 1) / base));
-  if (dbias && s.Bb > 1) b_chunks = s.B;  // a per-batch bias: every batch has its own slice
-  p.batch_per_chunk = static_cast<int>(std::max<int64_t>(1, s.B / b_chunks));  // rounded to reach b_chunks
-  p.b_chunks = (s.B + p.batch_per_chunk - 1) / p.batch_per_chunk;
-  return p;
-}
-
-// A set of passes and what it costs: modelled bytes, fp32 workspace, and the smallest grid among its passes.
-struct Candidate {
-  int passes = 0;
-  BackwardPass pass[2];
-  int64_t blocks = 0, workspace = 0;
-  double bytes = 0;
-};
-
-// Within the workspace cap first; then filling the GPU (>= target blocks); then fewer bytes among those that fill
-// it, more blocks among those that do not.
-bool better(const Candidate& a, const Candidate& b, int64_t target, int64_t cap) {
-  if ((a.workspace <= cap) != (b.workspace <= cap)) return a.workspace <= cap;
-  const bool fills = a.blocks >= target, b_fills = b.blocks >= target;
-  if (fills != b_fills) return fills;
-  if (!fills && a.blocks != b.blocks) return a.blocks > b.blocks;
-  return a.bytes < b.bytes;
-}
-
-// Choose the key chunk, passes and chunk counts. Modelled bytes: each pass reads q, grad_out and out once per key
-// chunk (HBM or L2) and recomputes every score, which at ~40 instructions per score and thread costs about as
-// long as moving 8 bytes; fp32 partials are written and read back once. The workspace stays under
-// max(256 MiB, 2 x q's bytes) whenever a plan allows (the fused pass at detection sizes would need gigabytes of
-// dK/dV partials: it splits instead).
+// Choose the key chunk, the passes and their chunk counts by a cost in byte-equivalents (HBM at ~4 TB/s):
+// - a pass recomputes every score (~40 instructions per score and thread: about the time of moving 8 bytes) and
+//   reads q, grad_out and out once per key chunk, stretched by makespan_factor over the resident block slots;
+// - fp32 partials are written and read back once.
+// The workspace stays under max(256 MiB, 2 x q's bytes) whenever a plan allows: at detection sizes the fused pass
+// would need gigabytes of dK/dV partials, and the work splits into a dK/dV pass and a dbias pass instead.
 bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& dev, int regs_per_thread,
                    BackwardPlan* p) {
   p->Dp = padded_head_dim(s.D);
@@ -217,50 +208,69 @@ bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& de
   p->key_chunks = (s.M + p->KC - 1) / p->KC;
   p->dq_kernel = p->key_chunks > 1;
   const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
-  const int64_t target = static_cast<int64_t>(dev.sms) * std::max(2, blocks_per_sm(p->smem, dev, regs_per_thread));
+  const int64_t slots = static_cast<int64_t>(dev.sms) * blocks_per_sm(p->smem, dev, regs_per_thread);
   const int64_t cap = std::max<int64_t>(int64_t(64) << 20, s.B * s.H * s.N * s.D * eb / 2);  // floats
   const int64_t kv_floats = 2 * s.B * s.H * s.M * s.D;  // one dK + dV partial
   const int64_t bias_floats = s.H * s.N * s.M;          // one dbias partial
+  const int64_t work = s.B * s.H * tiles * p->key_chunks;  // (b, h, tile, key chunk) steps of a pass
   const double pass_bytes = static_cast<double>(s.B) * s.H * s.N * p->key_chunks * (3.0 * eb * s.D + 8.0 * p->KC);
-  auto finish = [&](Candidate& c) {
-    c.blocks = INT64_MAX;
-    c.bytes = (c.passes + (p->dq_kernel ? 1 : 0)) * pass_bytes;
-    for (int i = 0; i < c.passes; ++i) {
-      const BackwardPass& q = c.pass[i];
-      c.blocks = std::min(c.blocks, q.blocks(s, p->key_chunks));
-      if (q.dkv && q.q_chunks > 1) c.workspace += q.q_chunks * kv_floats;
-      if (q.dbias) c.workspace += q.b_chunks * bias_floats;
-    }
-    c.bytes += 8.0 * c.workspace;
+  const bool per_batch_bias = want_dbias && s.Bb > 1;  // every batch has its own dbias slice: chunks of one
+
+  struct Cost {
+    double bytes = -1;
+    int64_t workspace = 0;
+  };
+  auto pass_cost = [&](const BackwardPass& q) {
+    Cost c;
+    const int64_t max_work = static_cast<int64_t>(q.tiles_per_qchunk) * q.batch_per_chunk;
+    c.workspace = (q.dkv && q.q_chunks > 1 ? q.q_chunks * kv_floats : 0) + (q.dbias ? q.b_chunks * bias_floats : 0);
+    c.bytes = pass_bytes * makespan_factor(q.blocks(s, p->key_chunks), max_work, work, slots) + 8.0 * c.workspace;
+    return c;
+  };
+  // Within the workspace cap first, then fewer byte-equivalents.
+  auto better = [&](const Cost& a, const Cost& b) {
+    if (b.bytes < 0) return true;
+    if ((a.workspace <= cap) != (b.workspace <= cap)) return a.workspace <= cap;
+    return a.bytes < b.bytes;
+  };
+  // The best pass with the given outputs over query chunks of up to max_tiles tiles and any batch chunk size.
+  auto best_pass = [&](bool dkv, bool dbias, int64_t max_tiles, BackwardPass* out) {
+    Cost best;
+    for_each_chunk_size(tiles, max_tiles, [&](int64_t t) {
+      for_each_chunk_size(s.B, dbias && per_batch_bias ? 1 : s.B, [&](int64_t per_chunk) {
+        BackwardPass q;
+        q.dkv = dkv;
+        q.dbias = dbias;
+        q.tiles_per_qchunk = static_cast<int>(t);
+        q.q_chunks = (tiles + t - 1) / t;
+        q.batch_per_chunk = static_cast<int>(per_chunk);
+        q.b_chunks = (s.B + per_chunk - 1) / per_chunk;
+        const Cost c = pass_cost(q);
+        if (better(c, best)) {
+          best = c;
+          *out = q;
+        }
+      });
+    });
+    return best;
   };
 
-  Candidate best;
   // Fused: one pass; the dbias of a query chunk (at most kMaxDbiasTiles tiles) is held in registers.
-  const int64_t max_tiles = std::min<int64_t>(tiles, want_dbias ? kMaxDbiasTiles : tiles);
-  for (int64_t t = 1; t <= max_tiles; ++t) {
-    Candidate c;
-    c.passes = 1;
-    c.pass[0] = make_pass(s, p->key_chunks, tiles, static_cast<int>(t), target, true, want_dbias);
-    finish(c);
-    if (best.passes == 0 || better(c, best, target, cap)) best = c;
-  }
-  // Split: dK/dV with query chunks as long as the grid allows, dbias with batch chunks as long as it allows.
+  BackwardPass fused;
+  Cost best = best_pass(true, want_dbias, want_dbias ? kMaxDbiasTiles : tiles, &fused);
+  p->passes = 1;
+  p->pass[0] = fused;
+  // Split: a dK/dV pass with query chunks as long as it likes, and a dbias pass over single tiles.
   if (want_dbias) {
-    const int64_t kv_blocks = s.B * s.H * p->key_chunks;
-    const int64_t q_chunks = std::min<int64_t>(tiles, std::max<int64_t>(1, (target + kv_blocks - 1) / kv_blocks));
-    Candidate c;
-    c.passes = 2;
-    c.pass[0] = make_pass(s, p->key_chunks, tiles, static_cast<int>((tiles + q_chunks - 1) / q_chunks), 1, true,
-                          false);
-    c.pass[0].batch_per_chunk = 1;
-    c.pass[0].b_chunks = s.B;
-    c.pass[1] = make_pass(s, p->key_chunks, tiles, 1, target, false, true);
-    finish(c);
-    if (better(c, best, target, cap)) best = c;
+    BackwardPass kv, db;
+    const Cost a = best_pass(true, false, tiles, &kv), b = best_pass(false, true, 1, &db);
+    const Cost split{a.bytes + b.bytes, a.workspace + b.workspace};
+    if (better(split, best)) {
+      p->passes = 2;
+      p->pass[0] = kv;
+      p->pass[1] = db;
+    }
   }
-  p->passes = best.passes;
-  p->pass[0] = best.pass[0];
-  p->pass[1] = best.pass[1];
   p->pass[0].dq = !p->dq_kernel;
   p->dkv_floats = 0;
   p->dbias_floats = 0;
@@ -292,8 +302,10 @@ cudaError_t forward(const T* q, const T* k, const T* v, const T* bias, T* out, f
   Device dev;
   cudaError_t err = query_device(&dev);
   if (err != cudaSuccess) return err;
+  int regs = 0;
+  if ((err = kernel_registers<attn_forward_kernel<T>>(dev, &regs)) != cudaSuccess) return err;
   ForwardPlan plan;
-  if (!plan_forward(s, sizeof(T), dev, &plan)) return cudaErrorInvalidConfiguration;
+  if (!plan_forward(s, sizeof(T), dev, regs, &plan)) return cudaErrorInvalidConfiguration;
   err = allow_smem<attn_forward_kernel<T>>(dev, plan.smem);
   if (err != cudaSuccess) return err;
   ForwardArgs<T> args;
