@@ -23,14 +23,14 @@ __device__ __forceinline__ int clamp_rows(int64_t left, int cap) {
   return static_cast<int>(left < 0 ? 0 : left > cap ? cap : left);
 }
 
-// Row strides, in elements. Operand rows (T) carry 16 spare bytes and fp32 rows 8 (S) or 4 (O) spare floats:
-// this staggers the banks of consecutive rows and keeps every 16-row WMMA step 32-byte aligned.
+// Row strides, in elements. Operand rows (T) carry 16 spare bytes and fp32 rows 8 (scores) or 4 (outputs) spare
+// floats: this staggers the banks of consecutive rows and keeps every 16-row WMMA step 32-byte aligned.
 struct Geometry {
   int Dp, KC;  // padded head dim, keys per chunk
   int ldx;     // q, k, v, grad_out tiles (T)
-  int lds;     // scores S / dP / dS (fp32)
-  int ld_ds;   // score gradients dS (T) in backward
-  int ldo;     // fp32 output rows (forward O, backward dq)
+  int lds;     // scores (fp32); P is written over them in T, with the same bytes per row
+  int ld_ds;   // score gradients dS (T), backward
+  int ldo;     // fp32 output rows: forward O with several key chunks, backward dq
 };
 
 __host__ __device__ inline Geometry make_geometry(int Dp, int KC, int elem_bytes) {
