@@ -73,11 +73,14 @@ def transxnet_cases(models=("T", "S"), batch=128):
 
 
 def odd_cases():
-    """Small odd shapes: partial tiles everywhere, several kernel sizes, key counts past one block, d up to 128."""
+    """Small odd shapes: partial tiles everywhere, kernel sizes on both sides of the register-window limit, wide
+    maps, key counts past one block, d up to 128."""
     return [("idconv", "odd K=7", dict(B=2, C=3, H=9, W=11, K=7)),
             ("idconv", "odd K=3", dict(B=3, C=5, H=5, W=7, K=3)),
+            ("idconv", "odd K=11", dict(B=2, C=3, H=13, W=9, K=11)),
             ("dwconv2d", "odd 7x7", dict(B=2, H=9, W=11, splits=[5], ks=[7])),
             ("dwconv2d", "odd 1/3/5/7", dict(B=2, H=9, W=11, splits=[3, 2, 2, 2], ks=[1, 3, 5, 7])),
+            ("dwconv2d", "odd 13x13", dict(B=3, H=11, W=70, splits=[3], ks=[13])),
             ("osra_attention", "odd d=20", dict(B=2, h=2, N=37, M=11, d=20)),
             ("osra_attention", "odd M=70 d=72", dict(B=1, h=3, N=13, M=70, d=72)),
             ("osra_attention", "odd d=128", dict(B=2, h=1, N=19, M=5, d=128))]
