@@ -2,7 +2,8 @@
 
 Ground truth: tests/data/transxnet_{t,s,b}_state_dict_keys.json (key -> shape of the official
 models/transxnet.py at LMMMEng/TransXNet commit ce2c73d), tests/data/official_tiny_transxnet.pt (a tiny
-random-weight model run through that code), and tests/official_reference.py (official IDConv/OSRA math).
+random-weight model run through that code), and the official restatement (transxnet_ops.models.official,
+itself pinned to that data by test_official_model.py, which also compares gradients and BN statistics).
 Full-size forwards pin a fast backend: under TRITON_INTERPRET=1 "auto" could pick the (slow) interpreter.
 """
 import json
@@ -16,7 +17,7 @@ import transxnet_ops
 from official_reference import to_official
 from transxnet_ops import IDConv2d, OSRA
 from transxnet_ops.convert import convert
-from transxnet_ops.models import TransXNet, transxnet_b, transxnet_s, transxnet_t
+from transxnet_ops.models import TransXNet, official_transxnet_t, transxnet_b, transxnet_s, transxnet_t
 from utils import rel_err
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -143,10 +144,11 @@ def test_official_outputs_train_and_bn_updates(tiny, backend):
 
 @pytest.fixture(scope="module")
 def tiny_t_pair():
-    """TransXNet-T with random weights (fast backend) and its twin built from the official-style IDConv/OSRA."""
+    """TransXNet-T with random weights (fast backend) and the official restatement with the same state_dict."""
     torch.manual_seed(0)
-    model = randomize_(transxnet_t(num_classes=1000, backend=FAST)).eval()
-    twin = to_official(randomize_(transxnet_t(num_classes=1000))).eval()
+    twin = randomize_(official_transxnet_t(num_classes=1000)).eval()
+    model = transxnet_t(num_classes=1000, backend=FAST).eval()
+    model.load_state_dict(twin.state_dict(), strict=True)
     return model, twin
 
 
