@@ -8,6 +8,7 @@ Full-size forwards pin a fast backend: under TRITON_INTERPRET=1 "auto" could pic
 """
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from official_reference import to_official
 from transxnet_ops import IDConv2d, OSRA
 from transxnet_ops.convert import convert
 from transxnet_ops.models import TransXNet, official_transxnet_t, transxnet_b, transxnet_s, transxnet_t
-from utils import rel_err
+from utils import HAS_CUDA, rel_err
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # Paper (ImageNet-1K, 224px): T 12.8M, S 26.9M, B 48.0M; exact counts of the official code at commit ce2c73d.
@@ -26,6 +27,7 @@ PARAMS = {"t": 12_834_808, "s": 26_864_068, "b": 48_009_002}
 BUILDERS = {"t": transxnet_t, "s": transxnet_s, "b": transxnet_b}
 BACKENDS = transxnet_ops.available_backends("cpu")
 FAST = "cpu" if "cpu" in BACKENDS else "reference"
+GPU_BACKENDS = [b for b in transxnet_ops.available_backends("cuda") if b != "reference"] if HAS_CUDA else []
 
 
 def official_keys(arch):
@@ -210,3 +212,144 @@ def test_timm_registry():
     timm = pytest.importorskip("timm")
     model = timm.create_model("transxnet_t", num_classes=7, backend="reference")
     assert isinstance(model, TransXNet) and model.classifier[-1].out_channels == 7
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+# The smallest network with all four stages (one block each): compile time is dynamo/AOT tracing, ~10 s per block.
+COMPILE_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64], kernel_size=[7, 5, 3, 3], num_groups=[2, 3, 2, 4],
+                    sr_ratio=[8, 4, 2, 1], num_heads=[1, 2, 3, 4], mlp_ratios=[2, 2, 2, 2])
+FUSED_OPS = {"cpu": ("idconv", "osra_attention"), "cuda": ("idconv", "osra_attention"),
+             "triton": ("idconv_triton", "osra_attention_triton"), "reference": ()}
+
+
+def compile_model(backend, image_size=32):
+    torch.manual_seed(0)
+    return randomize_(TransXNet(COMPILE_ARCH, image_size=image_size, num_classes=10, backend=backend))
+
+
+class _Traced(Exception):
+    """Raised by the recording compiler once AOT autograd has traced the graphs: nothing runs."""
+
+
+def trace_graphs(model, x, grad):
+    """Trace model(x) with torch.compile(fullgraph=True): dynamo (any graph break raises), then AOT autograd with
+    fake tensors (the forward graph and, when grad, the partitioned backward graph). No kernel runs, so this
+    also covers backends that only run interpreted here. Returns {"fw": code, "bw": code}."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import default_partition
+
+    graphs = {}
+
+    def partition(joint, inputs, **kwargs):
+        fw, bw = default_partition(joint, inputs, **kwargs)
+        graphs["bw"] = bw.code
+        return fw, bw
+
+    def record(gm, example_inputs):
+        graphs["fw"] = gm.code
+        raise _Traced
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=aot_autograd(fw_compiler=record, partition_fn=partition))
+    with pytest.raises(Exception) as info, torch.set_grad_enabled(grad):
+        compiled(x)
+    if not isinstance(getattr(info.value, "inner_exception", None), _Traced):
+        raise info.value
+    return graphs
+
+
+def graph_ops(code):
+    return set(re.findall(r"torch\.ops\.transxnet_ops\.(\w+)\.default", code))
+
+
+# Each trace costs ~30 s here: the C++ backend is traced (and run) in training by
+# test_compiled_training_matches_eager; Triton (interpreted here) is traced in training; the reference backend
+# in eval mode, which also covers the eval-only Python (BN-folded reduce path). All run on a GPU in
+# test_compiled_training_on_gpu.
+TRACE_CASES = [("triton", True)] * ("triton" in BACKENDS) + [("reference", False)]
+
+
+@pytest.mark.parametrize("backend,train", TRACE_CASES, ids=lambda v: {True: "train", False: "eval"}.get(v, v))
+def test_compile_traces_whole_model_without_graph_breaks(backend, train):
+    """fullgraph=True: no graph break; the fused ops (and in training their backward ops) are in the graphs."""
+    model = compile_model(backend).train(train)
+    graphs = trace_graphs(model, torch.randn(2, 3, 32, 32), grad=train)
+    ops = graph_ops(graphs["fw"])
+    assert set(FUSED_OPS[backend]) <= ops, ops
+    if backend == "reference":
+        assert not {"idconv", "osra_attention"} & ops
+    if train:
+        suffix = "_triton" if backend == "triton" else ""
+        expected = {op.replace(suffix, "") + "_backward" + suffix for op in FUSED_OPS[backend]}
+        assert expected <= graph_ops(graphs["bw"]), graphs["bw"]
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the C++ extension is not built")
+def test_compiled_training_matches_eager():
+    """torch.compile(model, fullgraph=True) around the C++ kernels (aot_eager: dynamo + AOT autograd, graphs run
+    eagerly): two SGD steps with BatchNorm in training mode give the eager losses, gradients, parameters and BN
+    statistics (float32; the gradients as one vector, see test_official_model.assert_models_match)."""
+    eager = compile_model("cpu").train()
+    twin = compile_model("cpu").train()
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    runs = [(eager, eager), (twin, compiled)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m, _ in runs]
+    for step in range(2):
+        x = torch.randn(2, 3, 32, 32)
+        outs, grads = [], []
+        for (model, fwd), opt in zip(runs, opts):
+            opt.zero_grad()
+            out = fwd(x)
+            (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+            outs.append(out.detach())
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+            opt.step()
+        assert rel_err(outs[1], outs[0]) < 1e-5, step
+        assert rel_err(grads[1], grads[0]) < 1e-5, step
+    state, compiled_state = eager.state_dict(), twin.state_dict()
+    for k, v in state.items():
+        if v.is_floating_point():
+            assert rel_err(compiled_state[k], v) < 1e-5, k
+        else:
+            assert torch.equal(compiled_state[k], v), k
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compiled_training_on_gpu(backend, mode, monkeypatch):
+    """inductor (and CUDA graphs with mode="reduce-overhead": kernels must run on torch's current stream) over
+    three training steps: the same outputs and gradients as eager."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    eager = compile_model(backend).cuda().train()
+    twin = compile_model(backend).cuda().train()
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True, mode=mode)
+    for step in range(3):
+        x = torch.randn(2, 3, 32, 32, device="cuda")
+        results = []
+        for model, fwd in ((eager, eager), (twin, compiled)):
+            model.zero_grad()
+            out = fwd(x)
+            out.square().sum().backward()
+            results.append((out.detach().clone(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        assert rel_err(results[1][0], results[0][0]) < 1e-4, step
+        assert rel_err(results[1][1], results[0][1]) < 1e-4, step
+
+
+@pytest.mark.skipif(os.environ.get("TRANSXNET_SLOW_TESTS") != "1" or "cpu" not in BACKENDS,
+                    reason="inductor's C++ codegen of a whole model takes minutes on 2 cores: set TRANSXNET_SLOW_TESTS=1")
+def test_inductor_cpu_whole_model():
+    eager = compile_model("cpu").train()
+    twin = compile_model("cpu").train()
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    out, expected = compiled(x), eager(x)
+    assert rel_err(out, expected) < 1e-5
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    assert rel_err(torch.cat([p.grad.flatten() for p in twin.parameters()]),
+                   torch.cat([p.grad.flatten() for p in eager.parameters()])) < 1e-4
