@@ -243,3 +243,11 @@ def test_full_size_state_dicts_interchange(arch):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(ours(x), ref(x)) < TOL
+
+
+def test_restatement_rejects_options_it_does_not_restate():
+    with pytest.raises(ValueError, match="norm_cfg"):
+        official_transxnet_t(norm_cfg=dict(type="BN"))
+    with pytest.raises(ValueError, match="pretrained"):
+        official_transxnet_t(pretrained="transx-t.pth")
+    official_transxnet_t(num_classes=0, act_cfg=dict(type="GELU"))  # the defaults are fine

@@ -276,6 +276,19 @@ def basic_blocks(dim, index, layers, kernel_size=3, num_groups=2, num_heads=1, s
     return blocks
 
 
+_DEFAULT_CFGS = {"norm_cfg": dict(type="GN", num_groups=1), "act_cfg": dict(type="GELU"), "init_cfg": None,
+                 "pretrained": None}
+
+
+def _check_unsupported(kwargs):
+    """The official constructor takes mmcv configs and checkpoint options; only their defaults are restated
+    (other unknown keywords are ignored, as officially)."""
+    for key, default in _DEFAULT_CFGS.items():
+        if key in kwargs and kwargs[key] != default:
+            raise ValueError(f"{key}={kwargs[key]!r} is not restated (only {default!r}): load weights with "
+                             "load_state_dict instead of init_cfg/pretrained")
+
+
 class OfficialTransXNet(nn.Module):
     """The official TransXNet network (arch "t"/"s"/"b", their long names, or a dict like the official
     arch_settings): stem, four stages with downsampling in between, a GroupNorm -> average pool -> 1x1 conv
@@ -290,6 +303,7 @@ class OfficialTransXNet(nn.Module):
                  grad_checkpoint=False, checkpoint_stage=(0, 0, 0, 0), num_classes=1000, fork_feat=False,
                  start_level=0, **kwargs):
         super().__init__()
+        _check_unsupported(kwargs)
         if not fork_feat:
             self.num_classes = num_classes
         self.fork_feat = fork_feat
