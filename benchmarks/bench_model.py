@@ -7,15 +7,23 @@ weights as ours. Four implementations:
     official+compile   torch.compile(official)
     ours               transxnet_t/s/b on backend "auto" (fused kernels), eager
     ours+compile       torch.compile(ours, fullgraph=True)
-Two modes: inference (eval, no_grad) and a training step (train mode, forward, cross-entropy, backward, AdamW
-step). fp32 and bf16/fp16 autocast. Reported: median time, images/s, GPU kernel time (when _timing provides it),
-peak memory (GPU), speedups against official eager and official+compile. Plus a detection-size case
-(fork_feat=True, 800x1216; GPU by default) for memory.
+Two modes: inference (eval, no_grad) and a training step (train mode: forward, cross-entropy, backward, AdamW
+step). fp32 and bf16/fp16 autocast. Reported: median time, images/s, GPU kernel time and launches per call (when
+benchmarks/_timing.py offers kernel_time), peak memory (GPU), speedups against official eager and official +
+compile, memory against official eager. Plus a detection-size case (fork_feat=True, 800x1216, batch 2, training
+step; on GPU by default) for memory.
+
+The eager implementations of every case are measured first, the compiled ones after (their compilation takes
+minutes); results are rewritten after every case, so a run cut short keeps what it measured. On CPU each case runs
+in alternating rounds (official, ours, official, ours, ...) and reports the median, as a shared machine drifts.
 
     python benchmarks/bench_model.py --quick                      # T; CPU: batch 4 and 8, eager only
     python benchmarks/bench_model.py --device cuda --dtypes bfloat16 --batch 128
 """
+import contextlib
 import gc
+import inspect
+import io
 import os
 import statistics
 import sys
@@ -31,6 +39,8 @@ import _timing as T  # noqa: E402
 from transxnet_ops import models  # noqa: E402
 
 IMPLS = ("official", "official+compile", "ours", "ours+compile")
+COLUMNS = ["model", "input", "precision", "mode", "impl", "batch", "median_ms", "images_per_s", "kernel_ms",
+           "launches", "peak_mem_mb", "vs_official", "vs_official_compile", "mem_vs_official", "error"]
 
 
 def add_args(p):
@@ -50,6 +60,7 @@ def add_args(p):
                    help="fork_feat backbone at 800x1216, batch 2, training step (auto: on GPU only)")
 
 
+# ------------------------------------------------------------------------------------------------ one measurement
 def build(impl, arch, fork_feat=False):
     """Official restatement or ours, with the same (seeded, official-init) weights."""
     torch.manual_seed(0)
@@ -74,133 +85,156 @@ def make_step(model, fwd, mode, device, amp):
     def step(x, y):
         with torch.autocast(**autocast):
             out = fwd(x)
-        outs = out if isinstance(out, list) else [out]
-        # classification: cross-entropy; backbone: a stand-in head loss touching every output
-        loss = F.cross_entropy(outs[0].float(), y) if len(outs) == 1 else sum(o.float().square().mean() for o in outs)
+        # classification: cross-entropy; backbone: a stand-in head loss that reads every output
+        loss = (F.cross_entropy(out.float(), y) if not isinstance(out, list)
+                else sum(o.float().square().mean() for o in out))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return step
 
 
-def kernel_time(step, inputs, device):
-    """GPU kernel time per call, from benchmarks/_timing when it offers it (infra branch), else None."""
-    measure = getattr(T, "gpu_kernel_time_ms", None) or getattr(T, "kernel_time_ms", None)
-    if device != "cuda" or measure is None:
-        return None
-    try:
-        result = measure(step, inputs)
-        return result.get("kernel_ms") if isinstance(result, dict) else result
-    except Exception as exc:  # a measurement failure must not lose the timing row
-        print(f"kernel time failed: {exc}")
-        return None
-
-
-def prepare(impl, arch, mode, precision, batch, size, args, fork_feat=False):
-    """(step, rotating inputs) for one implementation."""
+def prepare(impl, case, args):
+    """(step, rotating inputs) of one implementation for one case."""
     device = args.device
-    amp = None if precision == "fp32" else getattr(torch, precision.split()[0])
+    amp = None if case["precision"] == "fp32" else getattr(torch, case["precision"].split()[0])
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = build(impl, arch, fork_feat).to(device).to(memory_format=memory_format).train(mode == "train")
+    model = build(impl, case["arch"], case["fork_feat"]).to(device).to(memory_format=memory_format)
+    model.train(case["mode"] == "train")
     fwd = model
     if impl.endswith("+compile"):
         kwargs = dict(mode=args.compile_mode) if args.compile_mode else {}
         fwd = torch.compile(model, fullgraph=impl.startswith("ours"), **kwargs)
+    batch, size = case["batch"], case["size"]
 
     def make_inputs():
         x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=memory_format)
         return x, torch.randint(0, 1000, (batch,), device=device)
 
-    return make_step(model, fwd, mode, device, amp), T.Rotating(make_inputs, device, min_bytes=64 << 20, max_copies=4)
+    return make_step(model, fwd, case["mode"], device, amp), T.Rotating(make_inputs, device, 64 << 20, 4)
 
 
-def run_case(rows, impls, arch, mode, precision, batch, size, args, fork_feat=False):
-    """Every implementation of one case; on CPU in `args.rounds` alternating rounds (a shared machine drifts)."""
-    base = dict(model=f"TransXNet-{arch.upper()}" + (" backbone" if fork_feat else ""), input=f"{size[0]}x{size[1]}",
-                precision=precision, mode=mode, batch=batch)
-    prepared, case = {}, {}
+def describe(case):
+    return dict(model=f"TransXNet-{case['arch'].upper()}" + (" backbone" if case["fork_feat"] else ""),
+                input="x".join(map(str, case["size"])), precision=case["precision"], mode=case["mode"],
+                batch=case["batch"])
+
+
+def run_phase(case, impls, args):
+    """Rows of `impls` for one case, timed in alternating rounds."""
+    rows, prepared, times = {}, {}, {}
     for impl in impls:
         try:
-            prepared[impl] = prepare(impl, arch, mode, precision, batch, size, args, fork_feat)
+            prepared[impl] = prepare(impl, case, args)
+            times[impl] = []
         except Exception as exc:
-            case[impl] = _failed(base, impl, exc)
-    times = {impl: [] for impl in prepared}
+            rows[impl] = _failed(case, impl, exc)
     for _ in range(args.rounds):
         for impl, (step, rotating) in prepared.items():
-            if impl in case:
-                continue
-            try:
-                t = T.time_fn(step, rotating, args.device, args.quick)
-                times[impl].append(t)
-            except Exception as exc:  # e.g. out of memory, a compile failure: reported, the others still run
-                case[impl] = _failed(base, impl, exc)
+            if impl not in rows:
+                try:
+                    times[impl].append(T.time_fn(step, rotating, args.device, args.quick))
+                except Exception as exc:  # e.g. out of memory, a compile failure: reported, the others still run
+                    rows[impl] = _failed(case, impl, exc)
     for impl, (step, rotating) in prepared.items():
-        if impl in case:
+        if impl in rows:
             continue
         median = statistics.median(t["median_ms"] for t in times[impl])
-        case[impl] = dict(base, impl=impl, median_ms=median, p20_ms=min(t["p20_ms"] for t in times[impl]),
-                          p80_ms=max(t["p80_ms"] for t in times[impl]), runs=sum(t["runs"] for t in times[impl]),
-                          rounds=[t["median_ms"] for t in times[impl]], images_per_s=batch / (median * 1e-3),
-                          kernel_ms=kernel_time(step, rotating.next(), args.device),
-                          peak_mem_mb=T.peak_memory_mb(step, rotating.next(), args.device))
+        row = dict(describe(case), impl=impl, median_ms=median, p20_ms=min(t["p20_ms"] for t in times[impl]),
+                   p80_ms=max(t["p80_ms"] for t in times[impl]), runs=sum(t["runs"] for t in times[impl]),
+                   round_medians_ms=[t["median_ms"] for t in times[impl]],
+                   images_per_s=case["batch"] / (median * 1e-3))
+        try:
+            row.update(kernel_time(step, rotating, args))
+            row["peak_mem_mb"] = T.peak_memory_mb(step, rotating.next(), args.device)
+        except Exception as exc:
+            row["error"] = f"kernel time / memory: {type(exc).__name__}: {str(exc)[:200]}"
+        rows[impl] = row
     del prepared
     gc.collect()
     if args.device == "cuda":
         torch.cuda.empty_cache()
-    case = [case[impl] for impl in impls]
-    ms = {r["impl"]: r.get("median_ms") for r in case}
-    mem = {r["impl"]: r.get("peak_mem_mb") for r in case}
-    for r in case:
-        for ref in ("official", "official+compile"):
-            if r.get("median_ms") and ms.get(ref):
-                r["vs_" + ref.replace("+", "_")] = ms[ref] / r["median_ms"]
-        if r.get("peak_mem_mb") and mem.get("official"):
-            r["mem_vs_official"] = r["peak_mem_mb"] / mem["official"]
-    rows.extend(case)
+    return [rows[impl] for impl in impls]
 
 
-def _failed(base, impl, exc):
+def kernel_time(step, rotating, args):
+    """GPU kernel time and launches per call, from benchmarks/_timing.kernel_time when it is there."""
+    if args.device != "cuda" or not hasattr(T, "kernel_time"):
+        return {}
+    return T.kernel_time(step, rotating, reps=5 if getattr(args, "smoke", False) else 20 if args.quick else 50)
+
+
+def _failed(case, impl, exc):
     traceback.print_exc()
-    return dict(base, impl=impl, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return dict(describe(case), impl=impl, error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
+def add_ratios(rows):
+    """Speedups against official eager and official+compile, memory against official eager, per case."""
+    key = lambda r: tuple(r[k] for k in ("model", "input", "precision", "mode", "batch"))  # noqa: E731
+    by_case = {}
+    for r in rows:
+        by_case.setdefault(key(r), {})[r["impl"]] = r
+    for case in by_case.values():
+        for r in case.values():
+            for ref in ("official", "official+compile"):
+                if r.get("median_ms") and case.get(ref, {}).get("median_ms"):
+                    r["vs_" + ref.replace("+", "_")] = case[ref]["median_ms"] / r["median_ms"]
+            if r.get("peak_mem_mb") and case.get("official", {}).get("peak_mem_mb"):
+                r["mem_vs_official"] = r["peak_mem_mb"] / case["official"]["peak_mem_mb"]
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main():
     args = T.parse_args(__doc__, add_args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
-    args.rounds = args.rounds or (3 if device == "cpu" else 1)
+    device, smoke = args.device, getattr(args, "smoke", False)
+    args.rounds = args.rounds or (1 if device == "cuda" or smoke else 3)
     archs = (args.models or ("t" if args.quick else "t,s,b")).split(",")
-    batches = [int(b) for b in (args.batch or ("4,8" if device == "cpu" else "128")).split(",")]
-    default_impls = IMPLS[::2] if device == "cpu" and args.quick else IMPLS
-    impls = args.impls.split(",") if args.impls else list(default_impls)
-    unknown = set(impls) - set(IMPLS)
-    if unknown:
-        raise SystemExit(f"unknown --impls {sorted(unknown)}: choose from {IMPLS}")
-    impls = sorted(impls, key=IMPLS.index)  # the official eager baseline first
+    batches = [int(b) for b in (args.batch or ("2" if smoke else "4,8" if device == "cpu" else "128")).split(",")]
+    size = (64, 64) if smoke else (args.image_size, args.image_size)
+    impls = args.impls.split(",") if args.impls else [
+        i for i in IMPLS if "+compile" not in i or (getattr(args, "compile", True) and not (device == "cpu" and
+                                                                                            args.quick))]
+    if set(impls) - set(IMPLS):
+        raise SystemExit(f"unknown --impls {sorted(set(impls) - set(IMPLS))}: choose from {IMPLS}")
     precisions = [("fp32" if d == torch.float32 else f"{str(d).replace('torch.', '')} autocast") for d in args.dtypes]
-    modes = args.modes.split(",")
-    size = (args.image_size, args.image_size)
-    print(f"bench_model on {T.device_name(device)}: impls {impls}, batches {batches}, {precisions}"
-          + ("" if device == "cuda" else " (no GPU: kernel time and peak memory are GPU-only)")
-          + ("" if any(hasattr(T, n) for n in ("gpu_kernel_time_ms", "kernel_time_ms"))
-             else "; GPU kernel time: not offered by benchmarks/_timing.py on this branch"))
 
+    cases = [dict(arch=a, precision=p, mode=m, batch=b, size=size, fork_feat=False)
+             for a in archs for p in precisions for m in args.modes.split(",") for b in batches]
+    detection = args.detection == "yes" or args.detection == "auto" and device == "cuda" and not smoke
+    cases += [dict(arch=archs[0], precision=p, mode="train", batch=2, size=(800, 1216), fork_feat=True)
+              for p in precisions] if detection else []
+    eager = [i for i in IMPLS if i in impls and "+compile" not in i]
+    compiled = [i for i in IMPLS if i in impls and "+compile" in i]
+    phases = [(c, eager) for c in cases] + [(c, compiled) for c in cases if not c["fork_feat"]]
+    phases = [(c, group) for c, group in phases if group]
+
+    notes = [f"Baseline: the official model restated (transxnet_ops.models.official), same weights. "
+             f"{'CPU: no GPU kernel time or peak memory; ' if device == 'cpu' else ''}"
+             f"{'' if hasattr(T, 'kernel_time') else 'GPU kernel time: benchmarks/_timing.py has no kernel_time here. '}"
+             f"{args.rounds} alternating round(s) per case, median."]
+    print(f"bench_model on {T.device_name(device)}: {impls}, batches {batches}, {precisions}. " + notes[0])
     rows = []
-    cases = [(a, m, p, b) for a in archs for p in precisions for m in modes for b in batches]
-    for arch, mode, precision, batch in T.progress(cases, "model"):
-        run_case(rows, impls, arch, mode, precision, batch, size, args)
-    if args.detection == "yes" or args.detection == "auto" and device == "cuda":
-        for precision in precisions:  # memory at detection size: eager, training step
-            run_case(rows, [i for i in impls if "+compile" not in i], archs[0], "train", precision, 2, (800, 1216),
-                     args, fork_feat=True)
-
-    columns = ["model", "input", "precision", "mode", "impl", "batch", "median_ms", "images_per_s", "kernel_ms",
-               "peak_mem_mb", "vs_official", "vs_official_compile", "mem_vs_official", "error"]
-    T.write_results("bench_model", rows, columns, device, args.out, plot=plot)
+    for case, group in T.progress(phases, "model"):
+        rows.extend(run_phase(case, group, args))
+        add_ratios(rows)
+        with contextlib.redirect_stdout(io.StringIO()):  # keep what was measured if the run is cut short
+            write(rows, args, notes)
+    write(rows, args, notes)
 
 
-def plot(ax, rows):
+def write(rows, args, notes):
+    order = {impl: i for i, impl in enumerate(IMPLS)}
+    rows = sorted(rows, key=lambda r: (r["model"], r["input"], r["precision"], r["mode"], r["batch"],
+                                       order[r["impl"]]))
+    plot = None if getattr(args, "no_plot", False) else _plot
+    extra = dict(notes=notes) if "notes" in inspect.signature(T.write_results).parameters else {}
+    T.write_results("bench_model", rows, COLUMNS, args.device, args.out, plot=plot, **extra)
+
+
+def _plot(ax, rows):
     labelled = [dict(r, label=f"{r['model']} {r['input']} {r['precision']} {r['mode']} b{r['batch']}")
                 for r in rows if r.get("images_per_s")]
     T.bar_plot(ax, labelled, "label", "impl", "images_per_s", "images / s (higher is better)")
