@@ -140,7 +140,7 @@ class OSRA(nn.Module):
                 ConvBN(dim, dim, 1, groups=dim))
         else:
             self.sr = nn.Identity()
-        self.local_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.local_conv = DWConv2d(dim, 3, backend=backend)
 
     def forward(self, x, relative_pos_enc=None):
         B, C, H, W = x.shape
@@ -176,7 +176,7 @@ class DMixer(nn.Module):
         self.global_unit = OSRA(dim // 2, num_heads=num_heads, sr_ratio=sr_ratio, backend=backend)
         inner_dim = max(16, dim // reduction_ratio)
         self.proj = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim), nn.GELU(), nn.BatchNorm2d(dim),
+            DWConv2d(dim, 3, backend=backend), nn.GELU(), nn.BatchNorm2d(dim),
             nn.Conv2d(dim, inner_dim, kernel_size=1), nn.GELU(), nn.BatchNorm2d(inner_dim),
             nn.Conv2d(inner_dim, dim, kernel_size=1), nn.BatchNorm2d(dim))
 
@@ -208,12 +208,12 @@ class MultiScaleDWConv(nn.Module):
 class MSFFN(nn.Module):
     """Multi-scale feed-forward network (official Mlp)."""
 
-    def __init__(self, in_features, hidden_features=None, drop=0.0):
+    def __init__(self, in_features, hidden_features=None, drop=0.0, backend=None):
         super().__init__()
         hidden_features = hidden_features or in_features
         self.fc1 = nn.Sequential(nn.Conv2d(in_features, hidden_features, 1, bias=False), nn.GELU(),
                                  nn.BatchNorm2d(hidden_features))
-        self.dwconv = MultiScaleDWConv(hidden_features)
+        self.dwconv = MultiScaleDWConv(hidden_features, backend=backend)
         self.act = nn.GELU()
         self.norm = nn.BatchNorm2d(hidden_features)
         self.fc2 = nn.Sequential(nn.Conv2d(hidden_features, in_features, 1, bias=False), nn.BatchNorm2d(in_features))
@@ -266,12 +266,12 @@ class Block(nn.Module):
                  drop_path=0.0, layer_scale_init_value=1e-5, grad_checkpoint=False, backend=None):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
-        self.pos_embed = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.pos_embed = DWConv2d(dim, 7, backend=backend)  # DPE
         self.norm1 = nn.GroupNorm(1, dim)
         self.token_mixer = DMixer(dim, kernel_size=kernel_size, num_groups=num_groups, num_heads=num_heads,
                                   sr_ratio=sr_ratio, backend=backend)
         self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = MSFFN(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = MSFFN(dim, int(dim * mlp_ratio), drop=drop, backend=backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if layer_scale_init_value is not None:
             self.layer_scale_1 = LayerScale(dim, layer_scale_init_value)
