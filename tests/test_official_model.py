@@ -191,7 +191,9 @@ def test_ours_matches_official(tiny, backend, train, dtype):
     """One state_dict, same input: outputs, every gradient and the BN statistics agree."""
     ours, ref = build_pair(tiny, backend, dtype)
     ours.train(train), ref.train(train)
-    assert_models_match(ours, ref, torch.randn(2, 3, 64, 64, dtype=dtype))
+    # batch 4: with 2, training-mode BN statistics over 2 values per channel make the official float32 model's own
+    # input gradient ~6e-6 off its float64 value (see assert_models_match)
+    assert_models_match(ours, ref, torch.randn(4, 3, 64, 64, dtype=dtype))
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
