@@ -122,7 +122,9 @@ def test_loads_official_format_state_dict_strictly():
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-@pytest.mark.parametrize("backend", BACKENDS)
+# Interpreted Triton costs ~50 s per forward of the tiny model here: it runs the training-mode forward only (every
+# kernel, batch statistics); the eval-only code (folded reduce path, running statistics) is backend-independent Python.
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 def test_official_outputs_eval(tiny, backend):
     model = build_tiny(tiny, backend).eval()
     with torch.no_grad():
