@@ -344,13 +344,15 @@ def test_compiled_training_on_gpu(backend, mode, monkeypatch):
 @pytest.mark.skipif(os.environ.get("TRANSXNET_SLOW_TESTS") != "1" or "cpu" not in BACKENDS,
                     reason="inductor's C++ codegen of a whole model takes minutes on 2 cores: set TRANSXNET_SLOW_TESTS=1")
 def test_inductor_cpu_whole_model():
+    """inductor's generated C++ around the C++ kernels, training mode. Its fusions reorder float32 arithmetic
+    (batch statistics included), hence 1e-4 rather than aot_eager's 1e-5."""
     eager = compile_model("cpu").train()
     twin = compile_model("cpu").train()
     torch._dynamo.reset()
     compiled = torch.compile(twin, fullgraph=True)
     x = torch.randn(2, 3, 32, 32)
     out, expected = compiled(x), eager(x)
-    assert rel_err(out, expected) < 1e-5
+    assert rel_err(out, expected) < 1e-4
     out.square().sum().backward()
     expected.square().sum().backward()
     assert rel_err(torch.cat([p.grad.flatten() for p in twin.parameters()]),
