@@ -220,8 +220,8 @@ def test_timm_registry():
 # The smallest network with all four stages (one block each): compile time is dynamo/AOT tracing, ~10 s per block.
 COMPILE_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64], kernel_size=[7, 5, 3, 3], num_groups=[2, 3, 2, 4],
                     sr_ratio=[8, 4, 2, 1], num_heads=[1, 2, 3, 4], mlp_ratios=[2, 2, 2, 2])
-FUSED_OPS = {"cpu": ("idconv", "osra_attention"), "cuda": ("idconv", "osra_attention"),
-             "triton": ("idconv_triton", "osra_attention_triton"), "reference": ()}
+FUSED_OPS = {"cpu": ("idconv", "osra_attention", "dwconv2d"), "cuda": ("idconv", "osra_attention", "dwconv2d"),
+             "triton": ("idconv_triton", "osra_attention_triton", "dwconv2d_triton"), "reference": ()}
 
 
 def compile_model(backend, image_size=32):
@@ -279,7 +279,7 @@ def test_compile_traces_whole_model_without_graph_breaks(backend, train):
     ops = graph_ops(graphs["fw"])
     assert set(FUSED_OPS[backend]) <= ops, ops
     if backend == "reference":
-        assert not {"idconv", "osra_attention"} & ops
+        assert not {"idconv", "osra_attention", "dwconv2d"} & ops
     if train:
         suffix = "_triton" if backend == "triton" else ""
         expected = {op.replace(suffix, "") + "_backward" + suffix for op in FUSED_OPS[backend]}
