@@ -19,6 +19,9 @@ in alternating rounds (official, ours, official, ours, ...) and reports the medi
 
     python benchmarks/bench_model.py --quick                      # T; CPU: batch 4 and 8, eager only
     python benchmarks/bench_model.py --device cuda --dtypes bfloat16 --batch 128
+
+On a CPU shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads that lose their core
+make a 2-thread forward 10-50x slower and the timings meaningless.
 """
 import contextlib
 import gc
