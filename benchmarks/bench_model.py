@@ -8,9 +8,10 @@ weights as ours. Four implementations:
     ours               transxnet_t/s/b on backend "auto" (fused kernels), eager
     ours+compile       torch.compile(ours, fullgraph=True)
 Two modes: inference (eval, no_grad) and a training step (train mode: forward, cross-entropy, backward, AdamW
-step). fp32 and bf16/fp16 autocast. Reported: median time, images/s, GPU kernel time and launches per call (when
-benchmarks/_timing.py offers kernel_time), peak memory (GPU), speedups against official eager and official +
-compile, memory against official eager. Plus a detection-size case (fork_feat=True, 800x1216, batch 2, training
+step). fp32 and bf16/fp16 autocast. Reported: median time, images/s, on GPU the kernel time and launches per call
+(benchmarks/_timing.kernel_time: profiler device time of one step's kernels, memsets and copies) and peak memory,
+speedups against official eager and official + compile (wall time; on GPU also kernel time against official eager),
+memory against official eager. Plus a detection-size case (fork_feat=True, 800x1216, batch 2, training
 step; on GPU by default) for memory.
 
 The eager implementations of every case are measured first, the compiled ones after (their compilation takes
@@ -25,7 +26,6 @@ make a 2-thread forward 10-50x slower and the timings meaningless.
 """
 import contextlib
 import gc
-import inspect
 import io
 import os
 import statistics
@@ -43,7 +43,8 @@ from transxnet_ops import models  # noqa: E402
 
 IMPLS = ("official", "official+compile", "ours", "ours+compile")
 COLUMNS = ["model", "input", "precision", "mode", "impl", "batch", "median_ms", "images_per_s", "kernel_ms",
-           "launches", "peak_mem_mb", "vs_official", "vs_official_compile", "mem_vs_official", "error"]
+           "launches", "peak_mem_mb", "vs_official", "vs_official_compile", "kernel_vs_official", "mem_vs_official",
+           "error"]
 
 
 def add_args(p):
@@ -136,7 +137,8 @@ def run_phase(case, impls, args):
         for impl, (step, rotating) in prepared.items():
             if impl not in rows:
                 try:
-                    times[impl].append(T.time_fn(step, rotating, args.device, args.quick))
+                    times[impl].append(T.time_fn(step, rotating, args.device, args.quick,
+                                                 getattr(args, "smoke", False)))
                 except Exception as exc:  # e.g. out of memory, a compile failure: reported, the others still run
                     rows[impl] = _failed(case, impl, exc)
     for impl, (step, rotating) in prepared.items():
@@ -161,8 +163,8 @@ def run_phase(case, impls, args):
 
 
 def kernel_time(step, rotating, args):
-    """GPU kernel time and launches per call, from benchmarks/_timing.kernel_time when it is there."""
-    if args.device != "cuda" or not hasattr(T, "kernel_time"):
+    """GPU kernel time and launches per step (profiler device time, benchmarks/_timing.kernel_time)."""
+    if args.device != "cuda":
         return {}
     return T.kernel_time(step, rotating, reps=5 if getattr(args, "smoke", False) else 20 if args.quick else 50)
 
@@ -183,6 +185,8 @@ def add_ratios(rows):
             for ref in ("official", "official+compile"):
                 if r.get("median_ms") and case.get(ref, {}).get("median_ms"):
                     r["vs_" + ref.replace("+", "_")] = case[ref]["median_ms"] / r["median_ms"]
+            if r.get("kernel_ms") and case.get("official", {}).get("kernel_ms"):
+                r["kernel_vs_official"] = case["official"]["kernel_ms"] / r["kernel_ms"]
             if r.get("peak_mem_mb") and case.get("official", {}).get("peak_mem_mb"):
                 r["mem_vs_official"] = r["peak_mem_mb"] / case["official"]["peak_mem_mb"]
 
@@ -216,7 +220,6 @@ def main():
 
     notes = [f"Baseline: the official model restated (transxnet_ops.models.official), same weights. "
              f"{'CPU: no GPU kernel time or peak memory; ' if device == 'cpu' else ''}"
-             f"{'' if hasattr(T, 'kernel_time') else 'GPU kernel time: benchmarks/_timing.py has no kernel_time here. '}"
              f"{args.rounds} alternating round(s) per case, median."]
     print(f"bench_model on {T.device_name(device)}: {impls}, batches {batches}, {precisions}. " + notes[0])
     rows = []
@@ -233,8 +236,7 @@ def write(rows, args, notes):
     rows = sorted(rows, key=lambda r: (r["model"], r["input"], r["precision"], r["mode"], r["batch"],
                                        order[r["impl"]]))
     plot = None if getattr(args, "no_plot", False) else _plot
-    extra = dict(notes=notes) if "notes" in inspect.signature(T.write_results).parameters else {}
-    T.write_results("bench_model", rows, COLUMNS, args.device, args.out, plot=plot, **extra)
+    T.write_results("bench_model", rows, COLUMNS, args.device, args.out, plot=plot, notes=notes)
 
 
 def _plot(ax, rows):
