@@ -83,30 +83,62 @@ def tests_lines(out):
 
 
 def bench_lines(results):
-    """Per benchmark, per case (shape, dtype, mode): the best fused row against the official row."""
+    """Per benchmark, per case: the best fused row against the official row (the model: ours against official)."""
     lines = []
     for name, data in results.items():
         rows = data.get("results", [])
-        cases = {}
-        for r in rows:
-            cases.setdefault((r["shape"], r["dtype"], r["mode"]), []).append(r)
         lines.append(f"  {name} on {data.get('environment', {}).get('device', '?')}:")
-        for (shape, dtype, mode), rs in list(cases.items())[:8]:
-            t = lambda r: r.get("kernel_ms") or r["median_ms"]  # noqa: E731
-            fused = [r for r in rs if r["impl"].startswith("fused")]
-            base = next((r for r in rs if r.get("speedup_vs_official") == 1.0), None)
-            if not fused:
-                lines.append(f"    {shape[:40]:<40} {dtype:<8} {mode:<7} no fused result")
-                continue
-            best = min(fused, key=t)
-            floor = f" {best['x_floor']:.1f}x floor" if best.get("x_floor") else ""
-            launches = f" {best['launches']:.0f} launches" if best.get("launches") is not None else ""
-            vs = f" {best['speedup_vs_official']:.2f}x official" if best.get("speedup_vs_official") else ""
-            lines.append(f"    {shape[:40]:<40} {dtype:<8} {mode:<7} {best['impl']}: {t(best):.3g} ms"
-                         f"{vs}{floor}{launches}" + ("" if base else " (no official row)"))
+        cases = {}
+        model = name.startswith("bench_model")
+        for r in rows:
+            key = (r["model"], r["input"], r["precision"], r["mode"]) if model else (r["shape"], r["dtype"], r["mode"])
+            cases.setdefault(key, []).append(r)
+        for key, rs in list(cases.items())[:8]:
+            lines.append(model_line(key, rs) if model else kernel_line(key, rs))
         if len(cases) > 8:
             lines.append(f"    ... {len(cases) - 8} more cases in benchmarks.md")
     return lines or ["  no benchmark results"]
+
+
+def kernel_line(key, rs):
+    shape, dtype, mode = key
+    t = lambda r: r.get("kernel_ms") or r["median_ms"]  # noqa: E731
+    fused = [r for r in rs if r["impl"].startswith("fused") and r.get("median_ms")]
+    base = next((r for r in rs if r.get("speedup_vs_official") == 1.0), None)
+    if not fused:
+        return f"    {shape[:40]:<40} {dtype:<8} {mode:<7} no fused result"
+    best = min(fused, key=t)
+    floor = f" {best['x_floor']:.1f}x floor" if best.get("x_floor") else ""
+    launches = f" {best['launches']:.0f} launches" if best.get("launches") is not None else ""
+    vs = f" {best['speedup_vs_official']:.2f}x official" if best.get("speedup_vs_official") else ""
+    return (f"    {shape[:40]:<40} {dtype:<8} {mode:<7} {best['impl']}: {t(best):.3g} ms"
+            f"{vs}{floor}{launches}" + ("" if base else " (no official row)"))
+
+
+def model_line(key, rs):
+    """Ours (eager, and compiled when measured) against the official model: images/s, kernel time, memory; the
+    ratios are speedups over official eager (memory: ours over official)."""
+    model, size, precision, mode = key
+    head = f"    {model} {size} {precision} {mode}"
+    parts = []
+    for r in rs:
+        if r["impl"].startswith("official") and r["impl"] != "official":
+            continue
+        if not r.get("images_per_s"):
+            parts.append(f"{r['impl']}: {(r.get('error') or 'no result')[:60]}")
+            continue
+        text = f"{r['impl']} {r['images_per_s']:.4g} img/s"
+        if r["impl"] != "official":
+            ratios = (("vs_official", ""), ("vs_official_compile", " vs compiled"))
+            text += "".join(f" {r[c]:.2f}x{label}" for c, label in ratios if r.get(c))
+        if r.get("kernel_ms"):
+            ours = r.get("kernel_vs_official") and r["impl"] != "official"
+            ratio = f" {r['kernel_vs_official']:.2f}x" if ours else ""
+            text += f", kernel {r['kernel_ms']:.3g} ms{ratio} ({r['launches']:.0f} launches)"
+        if r.get("mem_vs_official") and r["impl"] != "official":
+            text += f", memory {r['mem_vs_official']:.2f}x"
+        parts.append(text)
+    return head + ": " + "; ".join(parts)
 
 
 def sanitizer_lines(out):

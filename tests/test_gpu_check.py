@@ -1,8 +1,9 @@
 """scripts/gpu_check.sh without a GPU: its --cpu-dry-run runs every step the machine allows (CPU backends, tiny
 shapes, a test subset, smoke benchmarks), and its budget, file limit, isolation and summary work as on a GPU.
-~40 s on an idle 2-core machine (most of it the dry run)."""
+~70 s on an idle 2-core machine (most of it the dry run)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,10 +44,12 @@ def test_dry_run_passes_and_prints_the_summary_last(dry_run):
     assert run.stdout.rstrip().splitlines()[-1].strip().startswith(("memcheck", "not run")), run.stdout[-800:]
     steps = _summary_steps(run.stdout)
     assert set(steps) == set(STEPS), steps
-    for name in ("build", "correctness", "tests", "bench_idconv", "bench_osra"):
+    for name in ("build", "correctness", "tests", "bench_idconv", "bench_osra", "bench_model"):
         assert steps[name][0] == "PASS", steps[name]
     assert steps["memcheck"][0] == "SKIPPED" and "dry run" in steps["memcheck"][1], steps["memcheck"]
-    assert steps["bench_model"][0] == "SKIPPED" and "GPU_CHECK_MODEL" in steps["bench_model"][1], steps["bench_model"]
+    for mode in ("inference", "train"):  # the model's summary line: ours against the official restatement
+        assert re.search(rf"TransXNet-T \S+ fp32 {mode}: official [\d.]+ img/s; ours [\d.]+ img/s [\d.]+x",
+                         run.stdout), run.stdout[-3000:]
 
 
 def test_dry_run_writes_at_most_eight_flat_files(dry_run):
@@ -65,7 +68,11 @@ def test_dry_run_checks_ops_and_benchmarks(dry_run):
     for op in ("idconv", "dwconv2d", "multiscale_dwconv2d", "osra_attention"):
         assert f"| {op} | cpu | fp32 |" in table, op
     bench = json.loads((out / "benchmarks.json").read_text())
-    assert set(bench) == {"bench_idconv_cpu", "bench_osra_cpu"}, list(bench)
+    assert set(bench) == {"bench_idconv_cpu", "bench_osra_cpu", "bench_model_cpu"}, list(bench)
+    model = bench.pop("bench_model_cpu")["results"]  # official restatement vs ours, eager, both modes
+    assert {(r["impl"], r["mode"]) for r in model} == {(i, m) for i in ("official", "ours")
+                                                       for m in ("inference", "train")}, model
+    assert all(r["images_per_s"] > 0 and not r.get("error") for r in model), model
     for name, data in bench.items():
         rows = data["results"]
         assert rows and all(r["median_ms"] > 0 for r in rows), name
@@ -78,7 +85,7 @@ def test_budget_bounds_every_step(tmp_path):
     run = _run(["bash", SCRIPT, "--cpu-dry-run", str(tmp_path), "10"], timeout=300)
     steps = _summary_steps(run.stdout)
     assert set(steps) == set(STEPS), run.stdout + run.stderr
-    for name in ("build", "correctness", "tests", "bench_idconv", "bench_osra"):
+    for name in ("build", "correctness", "tests", "bench_idconv", "bench_osra", "bench_model"):
         assert steps[name][0] == "SKIPPED" and "no time left" in steps[name][1], steps[name]
 
 
