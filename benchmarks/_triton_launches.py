@@ -4,8 +4,12 @@ Used by tests/test_triton_gpu_compile.py (does every kernel compile, with fp32 *
 benchmarks/kernel_report.py (registers, spills, shared memory, occupancy). Nothing here names a kernel: the Triton
 custom ops are discovered (every `transxnet_ops::*_triton` forward op, after importing every module of
 transxnet_ops/triton/), run forward and backward on meta tensors under `_register.recording()`, and each recorded
-launch (kernel, grid, args, constexprs, num_warps) becomes a compile case. Only the inputs of each op family are
-written here (`OP_INPUTS`); an op without an entry is reported, so a new op cannot slip through untested.
+launch (kernel, grid, args, constexprs, num_warps) becomes a compile case. Two kinds of cases:
+  - the whole TransXNet model (backend "triton") run forward + backward (train) and forward (eval) on meta
+    tensors: every Triton op the model calls is found and attributed through a dispatch mode, with no list here;
+  - per op family, inputs written here (`OP_INPUTS`) for shapes the model does not make (odd sizes, K up to 13,
+    d up to 128, detection-size attention).
+A registered Triton op that no case of a run launches is reported as a problem, so a new op cannot slip through.
 
 Must run with TRITON_INTERPRET=0 (the launchers are then torch.library.triton_ops, which run their Python body on
 meta tensors): run this file as a script, or call from a process that set it before importing triton.
@@ -13,6 +17,7 @@ meta tensors): run this file as a script, or call from a process that set it bef
     TRITON_INTERPRET=0 python benchmarks/_triton_launches.py --arch 90 --shapes odd --scalars fp32,fp64
 """
 import argparse
+import contextlib
 import glob
 import importlib
 import json
@@ -26,6 +31,7 @@ import time
 import traceback
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -72,10 +78,16 @@ def transxnet_cases(models=("T", "S"), batch=128):
     return cases
 
 
+def model_case(arch, batch, height, width):
+    return ("model", f"TransXNet-{arch.upper()} {height}x{width} b={batch}", dict(arch=arch, B=batch, H=height,
+                                                                                  W=width))
+
+
 def odd_cases():
-    """Small odd shapes: partial tiles everywhere, kernel sizes on both sides of the register-window limit, wide
-    maps, key counts past one block, d up to 128."""
-    return [("idconv", "odd K=7", dict(B=2, C=3, H=9, W=11, K=7)),
+    """Small odd shapes: the model on an odd input (stages 14x18, 7x9, 4x5, 2x3), partial tiles everywhere, kernel
+    sizes on both sides of the register-window limit, wide maps, key counts past one block, d up to 128."""
+    return [model_case("t", 3, 56, 72),
+            ("idconv", "odd K=7", dict(B=2, C=3, H=9, W=11, K=7)),
             ("idconv", "odd K=3", dict(B=3, C=5, H=5, W=7, K=3)),
             ("idconv", "odd K=11", dict(B=2, C=3, H=13, W=9, K=11)),
             ("dwconv2d", "odd 7x7", dict(B=2, H=9, W=11, splits=[5], ks=[7])),
@@ -83,11 +95,14 @@ def odd_cases():
             ("dwconv2d", "odd 13x13", dict(B=3, H=11, W=70, splits=[3], ks=[13])),
             ("osra_attention", "odd d=20", dict(B=2, h=2, N=37, M=11, d=20)),
             ("osra_attention", "odd M=70 d=72", dict(B=1, h=3, N=13, M=70, d=72)),
+            ("osra_attention", "odd M=300 d=24", dict(B=1, h=2, N=21, M=300, d=24)),
             ("osra_attention", "odd d=128", dict(B=2, h=1, N=19, M=5, d=128))]
 
 
-SHAPE_SETS = {"odd": odd_cases, "transxnet": lambda: transxnet_cases(("T", "S")),
-              "transxnet-t": lambda: transxnet_cases(("T",))}
+SHAPE_SETS = {"odd": odd_cases,
+              "transxnet": lambda: [model_case("t", 128, 224, 224), model_case("s", 128, 224, 224),
+                                    *transxnet_cases(("T", "S"))],
+              "transxnet-t": lambda: [model_case("t", 128, 224, 224), *transxnet_cases(("T",))]}
 
 
 # ----------------------------------------------------------------------------- inputs of each op family
@@ -148,27 +163,96 @@ def record_op(op, inputs, dtype, shape):
     return [("fwd" if i < n_forward else "bwd", launch) for i, launch in enumerate(launches)]
 
 
+class _OpTracker(TorchDispatchMode):
+    """Attributes each recorded launch to the innermost `transxnet_ops::*_triton` op running at the time:
+    `attributed[i]` = (op family, "fwd" | "bwd") of launches[i], or None outside every such op."""
+
+    def __init__(self, launches, attributed):
+        super().__init__()
+        self.launches, self.attributed, self.stack = launches, attributed, []
+
+    def _flush(self):
+        owner = self.stack[-1] if self.stack else None
+        self.attributed.extend([owner] * (len(self.launches) - len(self.attributed)))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if not (name.startswith(NS + "::") and name.endswith("_triton")):
+            return func(*args, **(kwargs or {}))
+        base = name.split("::", 1)[1][: -len("_triton")]
+        self._flush()
+        self.stack.append((base.removesuffix("_backward"), "bwd" if base.endswith("_backward") else "fwd"))
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self._flush()
+            self.stack.pop()
+
+
+@contextlib.contextmanager
+def _meta_runs_triton():
+    """Let the package's dispatch send meta tensors to the Triton launchers: the backend resolves to "triton" for
+    meta, and meta has no autocast state (torch raises on asking). Harness only: restored on exit."""
+    from transxnet_ops import backends
+
+    resolve, autocast_enabled = backends.resolve, torch.is_autocast_enabled
+    backends.resolve = lambda name, device_type: "triton" if device_type == "meta" else resolve(name, device_type)
+    torch.is_autocast_enabled = lambda *a: False if a and str(a[0]) == "meta" else autocast_enabled(*a)
+    try:
+        yield
+    finally:
+        backends.resolve, torch.is_autocast_enabled = resolve, autocast_enabled
+
+
+def record_model(shape, dtype):
+    """Launches of the whole model on meta tensors, backend "triton": a training forward + backward, then an eval
+    forward -> [(op, phase, launch)]."""
+    from transxnet_ops import models
+    from transxnet_ops.triton._register import recording
+
+    model = getattr(models, f"transxnet_{shape['arch']}")(backend="triton").to(device="meta", dtype=dtype)
+    x = torch.empty(shape["B"], 3, shape["H"], shape["W"], device="meta", dtype=dtype)
+    attributed = []
+    with _meta_runs_triton(), recording() as launches, _OpTracker(launches, attributed) as tracker:
+        model.train()
+        model(x).float().sum().backward()
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        tracker._flush()
+    if None in attributed:
+        raise RuntimeError("a Triton kernel was launched outside every transxnet_ops::*_triton op")
+    return [(op, phase, launch) for (op, phase), launch in zip(attributed, launches)]
+
+
 def record_all(shape_sets, dtypes):
     """-> (launch records, problems). A record: dict(op, label, dtype, phase, kernel, grid, args, kwargs)."""
     import_triton_modules()
     records, problems = [], []
     ops = triton_forward_ops()
-    for op in ops:
-        if op not in OP_INPUTS:
-            problems.append(f"Triton op transxnet_ops::{op}_triton has no input builder in "
-                            f"benchmarks/_triton_launches.py OP_INPUTS: its kernels are not checked")
     cases = [c for s in shape_sets for c in SHAPE_SETS[s]()]
     for op, label, shape in cases:
-        if op not in ops:
+        if op != "model" and op not in ops:
             continue  # that family has no Triton op (yet)
         for dname in dtypes:
             try:
-                for phase, (kernel, grid, args, kwargs) in record_op(op, OP_INPUTS[op], DTYPES[dname], shape):
-                    records.append(dict(op=op, label=label, dtype=dname, phase=phase, kernel=kernel, grid=grid,
+                if op == "model":
+                    launched = record_model(shape, DTYPES[dname])
+                else:
+                    launched = [(op, phase, launch) for phase, launch in
+                                record_op(op, OP_INPUTS[op], DTYPES[dname], shape)]
+                for owner, phase, (kernel, grid, args, kwargs) in launched:
+                    records.append(dict(op=owner, label=label, dtype=dname, phase=phase, kernel=kernel, grid=grid,
                                         args=args, kwargs=kwargs))
             except Exception as exc:  # a launcher that fails on meta tensors is a finding, not a crash
-                problems.append(f"{op} {label} {dname}: launcher failed on meta tensors: "
+                problems.append(f"{op} {label} {dname}: failed on meta tensors: "
                                 f"{type(exc).__name__}: {_first_line(exc)}")
+    launched_ops = {r["op"] for r in records}
+    for op in ops:
+        if op not in launched_ops:
+            problems.append(f"Triton op transxnet_ops::{op}_triton is launched by no case of {shape_sets}: neither "
+                            f"the model calls it nor has it an input builder in benchmarks/_triton_launches.py "
+                            f"OP_INPUTS, so its kernels are not checked")
     return records, problems
 
 

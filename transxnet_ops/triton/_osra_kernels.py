@@ -2,6 +2,8 @@
 
 Layout: q (BH, N, D), k/v (BH, M, D) contiguous; bias addressed through (batch, head) strides that are 0
 where it is broadcast. fp32 inputs use IEEE dots (no TF32), fp64 (interpreter/gradcheck) accumulates in fp64.
+Every kernel casts `scale` to the accumulation type on entry: under torch.compile inductor passes a Python float
+as an fp64 scalar, which would promote the loop-carried statistics to fp64 and fail to compile (issue 8).
 """
 import triton
 import triton.language as tl
@@ -30,6 +32,7 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, N, M, D, H, scale
               bias_sb, bias_sh, bias_sn,
               HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    scale = tl.cast(scale, tl.float64 if IS_FP64 else tl.float32)  # inductor passes Python floats as fp64
     bh = tl.program_id(1).to(tl.int64)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -87,6 +90,7 @@ def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, dq_p
                  bias_sb, bias_sh, bias_sn,
                  HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    scale = tl.cast(scale, tl.float64 if IS_FP64 else tl.float32)  # inductor passes Python floats as fp64
     bh = tl.program_id(1).to(tl.int64)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -111,6 +115,7 @@ def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, dk
                    HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """One program per (b*h, key block), looping over every query block: dk, dv stay in registers."""
+    scale = tl.cast(scale, tl.float64 if IS_FP64 else tl.float32)  # inductor passes Python floats as fp64
     bh = tl.program_id(1).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -141,6 +146,7 @@ def _attn_bwd_dbias(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, d
                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """One program per (bias slice, query block, key block): dS summed over the batch/heads the bias is
     broadcast over, in registers, stored once (no (B,H,N,M) buffer, no atomics)."""
+    scale = tl.cast(scale, tl.float64 if IS_FP64 else tl.float32)  # inductor passes Python floats as fp64
     slice_id = tl.program_id(2).to(tl.int64)
     bb, hb = slice_id // Hb, slice_id % Hb
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
