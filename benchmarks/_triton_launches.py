@@ -78,8 +78,11 @@ def transxnet_cases(models=("T", "S"), batch=128):
     return cases
 
 
+MODEL_LABEL = "model TransXNet-"
+
+
 def model_case(arch, batch, height, width):
-    return ("model", f"TransXNet-{arch.upper()} {height}x{width} b={batch}", dict(arch=arch, B=batch, H=height,
+    return ("model", f"{MODEL_LABEL}{arch.upper()} {height}x{width} b={batch}", dict(arch=arch, B=batch, H=height,
                                                                                   W=width))
 
 

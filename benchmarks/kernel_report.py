@@ -50,8 +50,11 @@ def occupancy(regs, smem, warps):
 
 # ----------------------------------------------------------------------------- Triton
 def triton_rows(models, dtypes):
+    """Rows per launch. The whole-model cases come last and keep only launches no per-op case showed (same kernel,
+    config and grid): they add what the model calls that has no input builder, without repeating every stage."""
     records, problems = L.record_all(models, dtypes)
-    compiled_by_key, rows = {}, []
+    records.sort(key=lambda r: r["label"].startswith(L.MODEL_LABEL))  # stable: per-op cases first
+    compiled_by_key, rows, shown = {}, [], set()
     for record in records:
         try:
             cases = L.compile_cases(record, ("fp32",))
@@ -65,6 +68,10 @@ def triton_rows(models, dtypes):
                 usage = L.resource_usage(kernel) if kernel is not None else None
                 compiled_by_key[key] = (kernel, error, usage)
             kernel, error, usage = compiled_by_key[key]
+            seen = (record["op"], record["phase"], case["programs"], L.case_key(case, 90, with_attrs=False))
+            if record["label"].startswith(L.MODEL_LABEL) and seen in shown:
+                continue
+            shown.add(seen)
             row = dict(op=record["op"], label=record["label"], dtype=record["dtype"], kernel=case["name"],
                        phase=record["phase"], config=_config_text(case), programs=case["programs"], error=error)
             if kernel is not None:
@@ -208,12 +215,14 @@ def cuda_markdown(procs, timeout):
         finally:
             if os.path.exists(obj):
                 os.unlink(obj)
-        seconds = time.time() - started
         if proc.returncode != 0:
             out.append(f"| `{rel}` | nvcc failed: {log.strip().splitlines()[-1][:200] if log.strip() else ''} "
                        "| | | | | |")
             continue
-        for k in parse_ptxas(log):
+        kernels = parse_ptxas(log)
+        if not kernels:
+            out.append(f"| `{rel}` | *no kernel of its own (launches kernels defined in another unit)* | | | | | |")
+        for k in kernels:
             warps = min(SM_WARPS, SM_REGS // (math.ceil(k["regs"] * 32 / REG_ALLOC_UNIT) * REG_ALLOC_UNIT)) \
                 if k["regs"] else SM_WARPS
             spill = f"{k['spill_st']} / {k['spill_ld']}"
@@ -221,7 +230,6 @@ def cuda_markdown(procs, timeout):
                 spill = f"**{spill}**"
             out.append(f"| `{rel}` | `{_short(k['name'])}` | {k['regs']} | {k['stack']} | {spill} | {k['smem']} | "
                        f"{warps} ({100 * warps / SM_WARPS:.0f}%) |")
-        out.append(f"| `{rel}` | *(compile time, wall: {seconds:.0f} s)* | | | | | |")
     return out + [""]
 
 
