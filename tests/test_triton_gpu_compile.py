@@ -64,8 +64,9 @@ def test_every_triton_kernel_compiles_for_gpu(plan):
     summary = _run_sharded(PLANS[plan], shards=max(1, min(2, os.cpu_count() or 1)))
     assert summary["ops"], "no Triton custom op was discovered"
     assert not summary["problems"], "\n".join(summary["problems"])
-    assert not summary["never_launched"], (
-        f"@triton.jit kernels that no op launches at the test shapes: {summary['never_launched']}")
+    if "odd" in plan:  # the odd shapes take every path (e.g. large-K kernels the TransXNet shapes never need)
+        assert not summary["never_launched"], (
+            f"@triton.jit kernels that no op launches at the test shapes: {summary['never_launched']}")
     compiled = summary["compiled"]
     assert compiled, "nothing was compiled"
     launched_ops = {r["op"] for r in compiled}
