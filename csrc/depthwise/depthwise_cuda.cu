@@ -2,9 +2,9 @@
 // batch chunks of the static-weight gradient) and launches the kernels of depthwise_kernels.cuh.
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <vector>
 
+#include "depthwise/depthwise_device.h"
 #include "depthwise/depthwise_kernels.cuh"
 #include "depthwise/depthwise_launch.h"
 
@@ -20,34 +20,6 @@ constexpr size_t kBackwardSmemBudget = 113 * 1024;
 constexpr size_t kSmemReservedPerBlock = 1024;
 // Static-weight gradients: at most this many batch chunks (rows of fp32 partials) per segment.
 constexpr int64_t kMaxBatchChunks = 64;
-
-struct Device {
-  int sms = 132;
-  size_t smem_optin = 227 * 1024;   // per block
-  size_t smem_per_sm = 228 * 1024;
-};
-
-Device query_device(int dev) {
-  Device d;
-  int v = 0;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0) d.sms = v;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && v > 0)
-    d.smem_optin = static_cast<size_t>(v);
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) == cudaSuccess && v > 0)
-    d.smem_per_sm = static_cast<size_t>(v);
-  return d;
-}
-
-// The current device's properties, queried once per device (at the first launch, never at import).
-Device current_device() {
-  constexpr int kMaxDevices = 64;
-  static std::once_flag once[kMaxDevices];
-  static Device cache[kMaxDevices];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return Device{};
-  std::call_once(once[dev], [dev] { cache[dev] = query_device(dev); });
-  return cache[dev];
-}
 
 int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
@@ -190,20 +162,6 @@ bool vec_store(int W, size_t elem, std::initializer_list<const void*> ptrs) {
   bool ok = W % V == 0;
   for (const void* p : ptrs) ok = ok && aligned(p, V * elem);
   return ok;
-}
-
-// Kernels above 48 KB of dynamic shared memory must opt in (per device); remember the largest size granted.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes, std::atomic<size_t>* granted) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  std::atomic<size_t>& g = granted[dev % 64];
-  if (g.load() >= bytes) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err == cudaSuccess) g.store(bytes);
-  return err;
 }
 
 bool valid(const DepthwiseProblem& pr) {
