@@ -7,6 +7,7 @@
 #include "depthwise/depthwise_device.h"
 #include "depthwise/depthwise_kernels.cuh"
 #include "depthwise/depthwise_launch.h"
+#include "depthwise/depthwise_nhwc_launch.h"
 
 namespace transxnet_ops {
 namespace {
@@ -192,6 +193,7 @@ cudaError_t depthwise_cuda_forward(DType dtype, const DepthwiseProblem& pr, cons
                                    const void* bias, void* y, cudaStream_t stream) {
   if (!valid(pr)) return cudaErrorInvalidValue;
   if (empty(pr)) return cudaSuccess;
+  if (pr.layout.channels_last) return depthwise_nhwc_forward(dtype, pr, x, weight, bias, y, stream);
   const Plan plan = make_plan(pr, /*backward=*/false);
   const size_t elem = element_size(dtype);
   const int vec = stage_vec(pr.width, elem, {x});
@@ -214,6 +216,7 @@ cudaError_t depthwise_cuda_forward(DType dtype, const DepthwiseProblem& pr, cons
 
 int64_t depthwise_cuda_backward_workspace(const DepthwiseProblem& pr) {
   if (!valid(pr) || empty(pr)) return 0;
+  if (pr.layout.channels_last) return depthwise_nhwc_backward_workspace(pr);
   const Plan plan = make_plan(pr, /*backward=*/true);
   return plan.partials ? plan.partial_rows * plan.slots : 0;
 }
@@ -223,6 +226,8 @@ cudaError_t depthwise_cuda_backward(DType dtype, const DepthwiseProblem& pr, con
                                     float* workspace, cudaStream_t stream) {
   if (!valid(pr)) return cudaErrorInvalidValue;
   if (empty(pr)) return cudaSuccess;  // the binding zero-fills gradients of empty problems
+  if (pr.layout.channels_last)
+    return depthwise_nhwc_backward(dtype, pr, grad_y, x, weight, grad_x, grad_weight, grad_bias, workspace, stream);
   const Plan plan = make_plan(pr, /*backward=*/true);
   if (plan.partials && workspace == nullptr) return cudaErrorInvalidValue;
   const size_t elem = element_size(dtype);
