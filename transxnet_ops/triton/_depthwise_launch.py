@@ -4,7 +4,7 @@ segment grouping, and the forward / backward launch sequences. No op registratio
 Every launch goes through `launch(kernel)[grid](...)` so that the kernel report and the GPU-compile test can
 record it on meta tensors. The activations of a launch (x, y / grad_y, x, grad_x) are dense in one layout and
 share x's strides: NCHW-contiguous, or channels_last (no copy to NCHW; tiles then span 8 channels, which sit
-next to each other in memory). `dense_activation` / `_fakes.empty_activation` give the callers those tensors.
+next to each other in memory, on 2-4 warps). `dense_activation` / `_fakes.empty_activation` give the callers those tensors.
 """
 from typing import NamedTuple, Optional
 
@@ -60,9 +60,9 @@ MAX_COLUMNS_FWD = 8
 MAX_COLUMNS_BWD = {1: 8, 3: 8, 5: 8, 7: 4}  # larger K: 1
 
 
-# channels_last tiles: [CL_CHANNELS, CL_LANES] (channel, column-run) per warp; the channels are contiguous.
+# channels_last tiles: CL_CHANNELS channels (contiguous in memory: 16 bytes of bf16) x the NCHW tile's lanes per
+# program, on CL_CHANNELS * LANES / 32 warps (the same threads per plane as NCHW).
 CL_CHANNELS = 8
-CL_LANES = 4
 
 
 def dense_activation(t, x):
@@ -82,10 +82,6 @@ def window_config(W, k_max, backward, channels_last=False):
     to its register cap before more lanes are used. TransXNet, K = 7: W = 56 -> 8 lanes x 7 columns forward,
     16 x 4 backward; 28 -> 8 x 4; 14 -> 8 x 2; 7 -> 8 x 1 (four 7x7 planes per warp)."""
     e_max = MAX_COLUMNS_BWD.get(k_max, 1) if backward else MAX_COLUMNS_FWD
-    if channels_last:  # CL_LANES column runs of CL_CHANNELS channels; E balanced over the row segments
-        segments = -(-W // (CL_LANES * e_max))
-        cols = max(1, min(e_max, -(-W // (CL_LANES * segments))))
-        return dict(E=cols, LANES=CL_LANES, BLOCK_P=CL_CHANNELS, num_warps=1, num_stages=1)
     lanes = _pow2_at_least(W, 8)
     cols = 1
     while cols < e_max and lanes * cols < W:
@@ -93,6 +89,9 @@ def window_config(W, k_max, backward, channels_last=False):
     while lanes * cols < W and lanes < 32:  # wide maps: more lanes, then row segments
         lanes *= 2
         cols = min(e_max, max(1, -(-W // lanes)))
+    if channels_last:  # CL_CHANNELS adjacent channels per column (contiguous in memory), as many threads per plane
+        return dict(E=cols, LANES=lanes, BLOCK_P=CL_CHANNELS, num_warps=max(1, CL_CHANNELS * lanes // 32),
+                    num_stages=1)
     return dict(E=cols, LANES=lanes, BLOCK_P=32 // lanes, num_warps=1, num_stages=1)
 
 
