@@ -114,13 +114,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> idconv_weights_backwa
     scalar_t* glp = grad_logits.data_ptr<scalar_t>();
     scalar_t* gblp = blp ? grad_bias_logits.data_ptr<scalar_t>() : nullptr;
     // one (sample, channel, slot): logits at `logit` (G values `stride` apart), its output gradient d, the G
-    // parameters at `param` (`param_stride` apart): d logit_g = p_g * d * (w_g - mixed); d w_g += p_g * d
+    // parameters at `param` (`param_stride` apart), their gradient sums at `grad_param` (`grad_stride` apart):
+    // d logit_g = p_g * d * (w_g - mixed); d w_g += p_g * d
     auto slot = [&](const scalar_t* logit, scalar_t* grad_logit, int64_t stride, const Acc* param, int64_t param_stride,
-                    Acc d, Acc* grad_param, Acc* p) {
+                    Acc d, Acc* grad_param, int64_t grad_stride, Acc* p) {
       const Acc mixed = softmax_mix(logit, stride, param, param_stride, l.G, p);
       for (int64_t g = 0; g < l.G; ++g) {
         grad_logit[g * stride] = static_cast<scalar_t>(p[g] * d * (param[g * param_stride] - mixed));
-        grad_param[g * param_stride] += p[g] * d;
+        grad_param[g * grad_stride] += p[g] * d;
       }
     };
     at::parallel_for(0, l.C, 1, [&](int64_t c0, int64_t c1) {
@@ -132,16 +133,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> idconv_weights_backwa
           for (int64_t t = 0; t < l.taps(); ++t) {
             const int64_t off = l.kernel_logit(b, c, t);
             slot(lp + off, glp + off, l.group_stride(), w.data_ptr<Acc>() + c * l.taps() + t, l.C * l.taps(),
-                 static_cast<Acc>(gwo[(b * l.C + c) * l.taps() + t]), gw.data() + t, p.data());
+                 static_cast<Acc>(gwo[(b * l.C + c) * l.taps() + t]), gw.data() + t, l.taps(), p.data());
           }
           if (!bw.defined()) continue;
           const Acc d = static_cast<Acc>(grad_bias_out.data_ptr<scalar_t>()[b * l.C + c]);
           if (blp) {
             const int64_t off = b * l.G * l.C + c;
-            slot(blp + off, gblp + off, l.C, bw.data_ptr<Acc>() + c, l.C, d, gb.data(), p.data());
+            slot(blp + off, gblp + off, l.C, bw.data_ptr<Acc>() + c, l.C, d, gb.data(), 1, p.data());
           } else {
             const int64_t off = l.mean_logit(b, c);
-            slot(lp + off, glp + off, l.group_stride(), bw.data_ptr<Acc>() + c, l.C, d, gb.data(), p.data());
+            slot(lp + off, glp + off, l.group_stride(), bw.data_ptr<Acc>() + c, l.C, d, gb.data(), 1, p.data());
           }
         }
         for (int64_t g = 0; g < l.G; ++g) {
