@@ -147,9 +147,11 @@ def randomized_idconv(C, K, G, bias, dtype=DT):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("K,G,bias,size", [(7, 2, True, (11, 9)), (3, 3, False, (5, 8)), (5, 4, True, (4, 3))])
+@pytest.mark.parametrize("K,G,bias,size", [(7, 2, True, (11, 9)), (3, 3, False, (5, 8)), (3, 4, True, (5, 4))])
 def test_idconv2d_matches_official(backend, train, K, G, bias, size):
     """Outputs, gradients of x and every parameter, proj's running statistics (two updates in training)."""
+    if backend == "triton" and (K != 3 or not bias):
+        pytest.skip("the interpreter runs the smallest biased case (the idconv kernel dominates its time)")
     fused = randomized_idconv(8, K, G, bias).train(train)
     fused.backend = backend
     ref = official_like(fused)

@@ -92,12 +92,15 @@ def assert_matches_official(path, x, backend, train, tol):
 # (sr, H, W): odd, H != W, not multiples of sr, H or W < sr + 3 (the kernel), Ho = 1 in one dimension,
 # and (sr 2, 40 x 37) -> a 20 x 19 map: more than one tile, so the Triton kernels run their halo path.
 SIZES = [(2, 9, 7), (2, 3, 4), (4, 13, 10), (4, 5, 3), (8, 17, 19), (8, 10, 6), (8, 1, 12), (2, 40, 37)]
+INTERPRETED = {(2, 3, 4), (4, 13, 10), (8, 10, 6), (2, 40, 37)}  # the Triton interpreter is slow: a cover
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("sr,H,W", SIZES, ids=lambda v: str(v))
 def test_matches_official_float64(backend, train, sr, H, W):
+    if backend == "triton" and (sr, H, W) not in INTERPRETED:
+        pytest.skip("covered by the other sizes in the interpreter (every size runs on the C++ backend)")
     path = official_path(3, sr)
     x = torch.randn(2, 3, H, W, dtype=DT)
     assert_matches_official(path, x, backend, train, tol=1e-10)
@@ -105,10 +108,18 @@ def test_matches_official_float64(backend, train, sr, H, W):
 
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_float32_matches_official(backend, train):
+def test_float32_as_accurate_as_official(backend, train):
+    """float32 against the float64 official path: within 2e-5, or within 4x the official float32 path's own
+    error (conv2's gradient in training is a sum that cancels to ~0, rounding-limited in any fp32 order)."""
     path = official_path(4, 4, torch.float32)
     x = torch.randn(3, 4, 15, 22)
-    assert_matches_official(path, x, backend, train, tol=2e-5)
+    grad_out = torch.randn(3, 4, 4, 6)
+    exact = run(copy.deepcopy(path).double().train(train), x.double(), None, grad_out.double(), fused=False)
+    official = run(copy.deepcopy(path).train(train), x, None, grad_out, fused=False)
+    fused = run(copy.deepcopy(path).train(train), x, backend, grad_out)
+    assert rel_err(fused[0], exact[0]) < 2e-5 and rel_err(fused[1], exact[1]) < 2e-5
+    for name, g in fused[2].items():
+        assert rel_err(g, exact[2][name]) < max(2e-5, 4 * rel_err(official[2][name], exact[2][name])), name
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -127,16 +138,18 @@ def test_half_precision_against_float64(backend, dtype, train):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_running_statistics_momentum_none_and_mixed(backend):
-    """momentum=None (cumulative average, 1 / num_batches_tracked) and different momenta per BatchNorm."""
-    for m1, m2 in [(None, None), (0.3, None), (0.05, 0.2)]:
-        path = official_path(3, 4)
-        path["sr"][0].bn.momentum, path["sr"][1].bn.momentum = m1, m2
-        x = torch.randn(2, 3, 9, 12, dtype=DT)
-        for _ in range(2):  # twice: the factor depends on num_batches_tracked
-            assert_matches_official(path, x, backend, True, tol=1e-10)
-            path = copy.deepcopy(path)
-            official_forward(path.train(), x)  # advance the state as the official path would
+@pytest.mark.parametrize("momenta", [(None, None), (0.3, None), (0.05, 0.2)], ids=str)
+def test_running_statistics_momentum_none_and_mixed(backend, momenta):
+    """momentum=None (cumulative average, 1 / num_batches_tracked) and different momenta per BatchNorm, over
+    two steps (the factor depends on num_batches_tracked)."""
+    if backend == "triton" and momenta != (None, None):
+        pytest.skip("the momentum arithmetic is backend-independent Python: one Triton case suffices")
+    path = official_path(2, 4)
+    path["sr"][0].bn.momentum, path["sr"][1].bn.momentum = momenta
+    x = torch.randn(2, 2, 9, 12, dtype=DT)
+    for _ in range(2):
+        assert_matches_official(path, x, backend, True, tol=1e-10)
+        official_forward(path.train(), x)  # advance the state as the official path would
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -169,7 +182,7 @@ def op_inputs(C=2, sr=2, dtype=DT, requires_grad=True):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_gradcheck_float64(backend, train):
     params = op_inputs()
-    x = torch.randn(2, 2, 7, 6, dtype=DT, requires_grad=True)
+    x = torch.randn(1, 2, 6, 5, dtype=DT, requires_grad=True)
     fn = lambda x, *p: reduce.osra_reduce(x, *p, 2, 1e-5, 1e-5, train, backend=backend)[0]  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, *params), fast_mode=True)
 
@@ -259,10 +272,10 @@ def test_bad_input_is_reported():
 
 def test_non_official_layout_runs_the_module_path():
     """A BatchNorm without running statistics (or another activation) is not fused: the modules run."""
-    path = official_path(3, 2)
+    path = official_path(3, 2).eval()
     path["sr"][0].bn.track_running_stats = False
     path["sr"][0].bn.running_mean = path["sr"][0].bn.running_var = None
     assert not reduce.fusable(path["sr"], path["local_conv"], 2)
     x = torch.randn(2, 3, 8, 9, dtype=DT)
-    expected = official_forward(copy.deepcopy(path).eval(), x)
+    expected = official_forward(copy.deepcopy(path), x)
     assert rel_err(reduce.reduce_keys(x, path["sr"], path["local_conv"], 2).detach(), expected) < 1e-12
