@@ -19,7 +19,7 @@ import torch
 from transxnet_ops import reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_emu.build import build, find_cuda_include  # noqa: E402
+from cuda_emu.build import build, find_cuda_include, op_schemas, rewrite_cuda_source  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(platform.system() != "Linux", reason="the CUDA emulator needs Linux (mmap'ed fiber stacks)"),
@@ -34,7 +34,46 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 # cudaError_t values (driver_types.h)
 SUCCESS, INVALID_VALUE, INVALID_CONFIGURATION = 0, 1, 9
 INVALID_RESOURCE_HANDLE, ILLEGAL_ADDRESS, LAUNCH_OUT_OF_RESOURCES = 400, 700, 701
-ASSERT, MISALIGNED, LAUNCH_FAILURE = 710, 716, 719
+LAUNCH_TIMEOUT, ASSERT, MISALIGNED, LAUNCH_FAILURE = 702, 710, 716, 719
+
+
+def test_source_rewriting():
+    """Launches, shared memory and launch bounds are rewritten; comments, strings and line numbers are kept."""
+    src = """// k<<<1, 2>>>(x); in a comment
+const char* s = "a<<<b>>>(c);";
+template <int N> __global__ void __launch_bounds__(128, 2) k(float* p) {
+  __shared__ float a[N][4], b[N + 1];
+  extern __shared__ __align__(16) unsigned char raw[];
+}
+void run(float* p, cudaStream_t st) {
+  k<std::integral_constant<int, (3 > 2)>::value><<<dim3(1, 2),
+      128, 0, st>>>(p);
+}
+"""
+    out = rewrite_cuda_source(src, "x.cu")
+    assert out.count("\n") == src.count("\n")
+    assert out.splitlines()[:2] == src.splitlines()[:2]
+    assert ('::txn_emu::launch("k<std::integral_constant<int, (3 > 2)>::value>", __FILE__, __LINE__, '
+            'k<std::integral_constant<int, (3 > 2)>::value>, ::txn_emu::make_config(dim3(1, 2),\n      128, 0, st), p)'
+            in out)
+    assert "{ ::txn_emu::check_launch_bounds(__FILE__, __LINE__, 128, 2);" in out.splitlines()[2]
+    assert "static float a[N][4], b[N + 1]; [[maybe_unused]] const bool" in out
+    assert "::txn_emu::shared_touch({{&a, sizeof(a)}, {&b, sizeof(b)}})" in out
+    assert "unsigned char* raw = ::txn_emu::dynamic_smem<unsigned char>();" in out
+
+
+def test_emulated_ops_have_the_schemas_of_ops_cpp(emu):
+    from transxnet_ops import _ext
+
+    schemas = op_schemas(Path(__file__).resolve().parents[1] / "csrc" / "ops.cpp")
+    assert len(schemas) >= 6
+    for schema in schemas:
+        name = schema.split("(")[0]
+        emulated = str(getattr(ops, name).default._schema)
+        assert emulated == "transxnet_ops_emu::" + schema
+        if _ext.has_cpu_kernels():  # the real extension: identical up to the namespace
+            real = str(getattr(torch.ops.transxnet_ops, name).default._schema)
+            assert emulated.replace("transxnet_ops_emu::", "transxnet_ops::") == real
 
 
 @pytest.fixture(scope="session")
@@ -249,10 +288,15 @@ def test_static_shared_memory_of_template_instantiations(emu):
     (7, ILLEGAL_ADDRESS, "stack overflow"),
     (8, ASSERT, "__trap"),
     (9, LAUNCH_FAILURE, "not in its mask"),
+    (10, LAUNCH_TIMEOUT, "spin-wait"),
 ])
 def test_broken_kernels_fail_instead_of_hanging(emu, kind, code, message):
     out = torch.zeros(128)
-    got = selftest("misbehave", [out], [kind])
+    previous_timeout = ops.emu_set_timeout(2.0)  # the watchdog (kind 10)
+    try:
+        got = selftest("misbehave", [out], [kind])
+    finally:
+        ops.emu_set_timeout(previous_timeout)
     assert got == code, ops.emu_error_string(got)
     assert message in ops.emu_error_string(got) and "misbehave_kernel" in ops.emu_error_string(got)
     ok = torch.zeros(3, dtype=torch.int32)  # the emulator is usable afterwards

@@ -402,7 +402,9 @@ def build(verbose: bool = False, opt: str = "-O1", extra_cflags: tuple[str, ...]
     _remove_stale_lock(obj_dir)
     path = cpp_extension.load(
         name=LIB_NAME, sources=sources, extra_cflags=cflags,
-        extra_ldflags=[f for f in extra_cflags if f.startswith("-fsanitize")],
+        # -Bsymbolic-functions: the bindings call this library's emulated launchers even if the real CUDA
+        # extension (same C++ names) was loaded with RTLD_GLOBAL
+        extra_ldflags=["-Wl,-Bsymbolic-functions"] + [f for f in extra_cflags if f.startswith("-fsanitize")],
         extra_include_paths=[str(EMU_DIR / "include"), str(EMU_DIR), str(gen_dir), str(src_dir / "csrc")],
         build_directory=str(obj_dir), with_cuda=False, is_python_module=False, verbose=verbose)
     return EmuLibrary(path=str(path), families=families, missing=missing,

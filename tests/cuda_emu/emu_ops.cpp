@@ -23,6 +23,7 @@
 namespace txn_emu {
 void configure(const char* schedule, uint64_t seed);
 const char* schedule();
+double set_timeout(double seconds);
 void stats(uint64_t* launches, uint64_t* blocks, uint64_t* switches);
 }  // namespace txn_emu
 
@@ -253,6 +254,7 @@ TORCH_LIBRARY(transxnet_ops_emu, m) {
   m.def("emu_stats() -> int[]");
   m.def("emu_error_string(int code) -> str");
   m.def("emu_require_current_stream(bool on) -> bool");
+  m.def("emu_set_timeout(float seconds) -> float");
   m.def("emu_selftest(str name, Tensor(a!)[] buffers, int[] args) -> int");
   m.def("emu_selftest_alloc(str name, int n, int overrun) -> Tensor");
   m.impl("emu_ops", &emu_ops);
@@ -261,6 +263,7 @@ TORCH_LIBRARY(transxnet_ops_emu, m) {
   m.impl("emu_stats", &emu_stats);
   m.impl("emu_error_string", [](int64_t code) { return std::string(cudaGetErrorString(static_cast<cudaError_t>(code))); });
   m.impl("emu_require_current_stream", [](bool on) { return txn_emu::set_require_current_stream(on); });
+  m.impl("emu_set_timeout", [](double seconds) { return txn_emu::set_timeout(seconds); });
   m.impl("emu_selftest", &emu_selftest);
   m.impl("emu_selftest_alloc", &emu_selftest_alloc);
 }

@@ -4,6 +4,7 @@
 // mmap'ed stacks and guard pages. See device.h for the execution model and tests/cuda_emu/README.md for limits.
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -127,6 +128,7 @@ struct Engine {
   bool poison = true;
   bool require_current_stream = true;
   size_t stack_bytes = 256 * 1024;
+  double timeout_s = 120;  // CPU seconds a launch may take before the watchdog fails it (a hang otherwise)
   std::unordered_map<const void*, int> max_dynamic_smem;
 
   // statistics (tests use them to prove kernels ran)
@@ -183,6 +185,7 @@ Engine& engine() {
     if (const char* s = std::getenv("TXN_EMU_SEED")) en->seed = std::strtoull(s, nullptr, 10);
     if (const char* s = std::getenv("TXN_EMU_STACK_KB")) en->stack_bytes = std::strtoull(s, nullptr, 10) * 1024;
     if (const char* s = std::getenv("TXN_EMU_POISON")) en->poison = std::string(s) != "0";
+    if (const char* s = std::getenv("TXN_EMU_TIMEOUT_S")) en->timeout_s = std::strtod(s, nullptr);
     return en;
   }();
   return *e;
@@ -370,7 +373,8 @@ void resume(Engine& e, Fiber& f) {
 
 // ------------------------------------------------------------------------------------------------ faults
 struct SignalState {
-  struct sigaction old_segv, old_bus;
+  struct sigaction old_segv, old_bus, old_alarm;
+  struct itimerval old_timer;
   stack_t old_stack;
   std::vector<char> alt_stack = std::vector<char>(256 * 1024);
 };
@@ -399,6 +403,20 @@ void on_fault_signal(int sig, siginfo_t* info, void*) {
   abort_block(e);
 }
 
+// The watchdog: a thread that never reaches a barrier (a spin-wait on another thread, a loop that never ends)
+// would hang a cooperative scheduler.
+void on_watchdog(int, siginfo_t*, void*) {
+  Engine& e = engine();
+  if (!e.in_fiber || !e.current) return;  // in the scheduler: it finishes the block by itself
+  char msg[256];
+  std::snprintf(msg, sizeof(msg),
+                "the launch used more than %.0f s of CPU time (an endless loop, or a spin-wait on another thread, "
+                "which cooperative threads never end; TXN_EMU_TIMEOUT_S)",
+                e.timeout_s);
+  set_failure(e, cudaErrorLaunchTimeout, msg);
+  abort_block(e);
+}
+
 class SignalGuard {
  public:
   SignalGuard() {
@@ -414,8 +432,21 @@ class SignalGuard {
     sigaction(SIGSEGV, &sa, &state_.old_segv);
     sigaction(SIGBUS, &sa, &state_.old_bus);
 #endif
+    struct sigaction wd {};
+    wd.sa_sigaction = &on_watchdog;
+    wd.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&wd.sa_mask);
+    sigaction(SIGVTALRM, &wd, &state_.old_alarm);
+    struct itimerval t {};
+    const double budget = engine().timeout_s > 0 ? engine().timeout_s : 1e9;
+    t.it_value.tv_sec = static_cast<time_t>(budget);
+    t.it_value.tv_usec = static_cast<suseconds_t>((budget - static_cast<double>(t.it_value.tv_sec)) * 1e6);
+    t.it_interval = t.it_value;  // fires again if it hit the scheduler rather than a thread
+    setitimer(ITIMER_VIRTUAL, &t, &state_.old_timer);
   }
   ~SignalGuard() {
+    setitimer(ITIMER_VIRTUAL, &state_.old_timer, nullptr);
+    sigaction(SIGVTALRM, &state_.old_alarm, nullptr);
 #if !TXN_EMU_ASAN
     sigaction(SIGSEGV, &state_.old_segv, nullptr);
     sigaction(SIGBUS, &state_.old_bus, nullptr);
@@ -514,6 +545,7 @@ const char* cuda_error_text(cudaError_t err) {
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorAssert: return "device-side assert triggered";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorLaunchTimeout: return "the launch timed out and was terminated";
     default: return "unrecognized error code";
   }
 }
@@ -571,6 +603,7 @@ const char* error_name(cudaError_t err) {
     TXN_EMU_NAME(cudaErrorInvalidResourceHandle)
     TXN_EMU_NAME(cudaErrorAssert)
     TXN_EMU_NAME(cudaErrorNotSupported)
+    TXN_EMU_NAME(cudaErrorLaunchTimeout)
 #undef TXN_EMU_NAME
     default: return "cudaErrorUnknown";
   }
@@ -929,6 +962,14 @@ void configure(const char* schedule, uint64_t seed) {
 }
 
 const char* schedule() { return schedule_name(engine().schedule); }
+
+double set_timeout(double seconds) {
+  Engine& e = engine();
+  std::lock_guard<std::recursive_mutex> lock(e.mutex);
+  const double was = e.timeout_s;
+  e.timeout_s = seconds;
+  return was;
+}
 
 void stats(uint64_t* launches, uint64_t* blocks, uint64_t* switches) {
   Engine& e = engine();

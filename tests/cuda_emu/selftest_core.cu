@@ -223,6 +223,15 @@ __global__ void misbehave_kernel(float* out, int kind) {
     case 9:  // the calling lane is not in its mask
       v = __shfl_sync(0x1u, v, 0);
       break;
+    case 10: {  // spin-wait until every thread has checked in: fine on a GPU, endless for cooperative threads
+      __shared__ int arrived;
+      if (t == 0) arrived = 0;
+      __syncthreads();
+      atomicAdd(&arrived, 1);
+      while (*static_cast<volatile int*>(&arrived) < static_cast<int>(blockDim.x)) {
+      }
+      break;
+    }
   }
   out[t] = v;
 }

@@ -9,7 +9,8 @@
 // (__syncwarp, shuffles, votes, WMMA) or its end; between those points threads run in a varying order (forward,
 // reverse, seeded shuffle: env TXN_EMU_SCHEDULE), so a missing barrier changes results. Barriers wait for every
 // thread of the block and warp collectives for every lane of their mask; a barrier or collective that can never
-// complete (early return, divergent call sites, partial warps) is reported as a launch failure, never a hang.
+// complete (early return, divergent call sites, partial warps) is reported as a launch failure, never a hang;
+// a watchdog fails launches that run past TXN_EMU_TIMEOUT_S CPU seconds (endless loops, spin-waits).
 // threadIdx/blockIdx/blockDim/gridDim are globals the scheduler sets on every switch.
 // Not modelled: timing, the memory model (fences are no-ops), inline PTX, cp.async/TMA, cooperative groups;
 // atomics are plain read-modify-writes (threads never interleave inside them), so their ordering is not varied.
