@@ -22,8 +22,15 @@ def _pool_matrix_cpu(size: int, K: int) -> torch.Tensor:
     return A
 
 
+@functools.lru_cache(maxsize=64)
+def _pool_matrix_on(size: int, K: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor even if first built in inference mode
+        return _pool_matrix_cpu(size, K).to(device=device, dtype=dtype)
+
+
 def _pool_matrix(size, K, like):
-    return _pool_matrix_cpu(size, K).to(device=like.device, dtype=like.dtype)
+    # cached per device and dtype: converting per call costs two launches (on a GPU, host-to-device copies)
+    return _pool_matrix_on(size, K, like.device, like.dtype)
 
 
 def pool_and_mean(x: torch.Tensor, K: int):

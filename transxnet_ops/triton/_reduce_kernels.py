@@ -14,7 +14,7 @@ Partial slots of the backward (per channel, per map program): 0 grad local bias,
 import triton
 import triton.language as tl
 
-NS = 15  # backward partial slots before the conv1 taps (the launcher sizes the workspace with it)
+NS = 15  # backward partial slots before the conv1 taps
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
@@ -339,18 +339,18 @@ def _load_du(dmap_ptr, u_ptr, offs, ok, scale, shift, slope, mean1, r1, TRAINING
 
 @triton.jit
 def _reduce_bwd_input(gx_ptr, x_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, w1_ptr, eps1,
-                      B, C, H, W, Ho, Wo, n_bb, tiles_w, n_tiles, TH, TW, NT, n_bb_x, chunks_x, n_dx,
-                      SR: tl.constexpr, TRAINING: tl.constexpr, BB: tl.constexpr, R: tl.constexpr,
-                      BB_X: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr):
+                      B, C, H, W, Ho, Wo, P, NT, n_bb_x, chunks_x, n_dx,
+                      SR: tl.constexpr, TRAINING: tl.constexpr, NS: tl.constexpr, KKP: tl.constexpr,
+                      BLOCK_E: tl.constexpr, BB_X: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_P: tl.constexpr,
+                      IS_FP64: tl.constexpr):
     """Backward through BN1's batch terms and the strided conv, two kinds of programs in one launch:
     pid < n_dx: grad_x of a (channel, sample block, BLOCK_X input positions) chunk, gathering du over the
     <= ceil(KS/SR)^2 outputs whose window covers each input pixel (no scatter, no atomics);
-    pid >= n_dx: one map tile's partials of grad conv1, slot NS + i*KS + j = sum du * x[tap (i, j)]."""
+    pid >= n_dx: partial p of the channel's grad conv1, slot NS + i*KS + j = sum du * x[tap (i, j)]."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     KS: tl.constexpr = SR + 3
     PAD: tl.constexpr = KS // 2
     T: tl.constexpr = (KS + SR - 1) // SR
-    P = n_bb * n_tiles
     pid = tl.program_id(0)
     if pid < n_dx:
         chunk = pid % chunks_x
@@ -377,26 +377,40 @@ def _reduce_bwd_input(gx_ptr, x_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_pt
                 acc += du * tl.load(w1_ptr + c * KS * KS + i * KS + j, mask=ok, other=0.0).to(ACC)
         tl.store(gx_ptr + (b.to(tl.int64) * C + c) * H * W + q, acc.to(gx_ptr.dtype.element_ty), mask=valid)
     else:
-        c, p, b, r, oh, ow, valid, interior = _map_tile(pid - n_dx, B, Ho, Wo, n_bb, tiles_w, n_tiles, TH, TW,
-                                                         BB, R, 0, 0)
+        # grad conv1: the channel's B*Ho*Wo outputs split into P equal ranges, each read as [BLOCK_E positions,
+        # KKP taps] tiles (the x window of each output), reduced over positions once per tile
+        p = (pid - n_dx) % P
+        c = (pid - n_dx) // P
         scale, shift, slope, mean1, r1 = _du_coefficients(part_ptr, stats_ptr, g1_ptr, eps1, c, B, C, Ho, Wo, P,
                                                           NT, TRAINING, BLOCK_P, ACC)
-        du = _load_du(dmap_ptr, u_ptr, _map_offsets(b, c, oh, ow, C, Ho, Wo), valid, scale, shift, slope, mean1,
-                      r1, TRAINING, ACC)
-        x_plane = x_ptr + (b.to(tl.int64) * C + c) * H * W
-        slot_ptr = part_ptr + (c * P + p) * NT + 15  # NS
-        for i in range(KS):
-            ih = oh * SR - PAD + i
-            row_ok = valid & (ih >= 0) & (ih < H)
-            for j in tl.static_range(KS):
-                iw = ow * SR - PAD + j
-                xv = tl.load(x_plane + ih * W + iw, mask=row_ok & (iw >= 0) & (iw < W), other=0.0).to(ACC)
-                tl.store(slot_ptr + i * KS + j, _tile_sum(du * xv))
+        taps = tl.arange(0, KKP)
+        ti = (taps // KS)[None, :]
+        tj = (taps % KS)[None, :]
+        tap_ok = (taps < KS * KS)[None, :]
+        n = B * Ho * Wo
+        per = tl.cdiv(n, P)
+        end = tl.minimum((p + 1) * per, n)
+        acc = tl.zeros([KKP], ACC)
+        for e0 in range(p * per, end, BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)[:, None]
+            ok = e < end
+            b = e // (Ho * Wo)
+            oh = (e % (Ho * Wo)) // Wo
+            ow = e % Wo
+            du = _load_du(dmap_ptr, u_ptr, _map_offsets(b, c, oh, ow, C, Ho, Wo), ok, scale, shift, slope, mean1,
+                          r1, TRAINING, ACC)
+            ih = oh * SR - PAD + ti
+            iw = ow * SR - PAD + tj
+            in_x = ok & tap_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + (b.to(tl.int64) * C + c) * H * W + ih * W + iw, mask=in_x, other=0.0)
+            acc += tl.sum(du * xv.to(ACC), axis=0)
+        tl.store(part_ptr + (c * P + p) * NT + NS + taps, acc, mask=taps < KS * KS)
 
 
 @triton.jit
 def _reduce_bwd_finish(part_ptr, gw1_ptr, gw3_ptr, gb3_ptr, gw2_ptr, gg1_ptr, gb1_ptr, gg2_ptr, gb2_ptr, P, NT,
-                       KK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr):
+                       KK: tl.constexpr, NS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr,
+                       IS_FP64: tl.constexpr):
     """One program per channel: every partial slot summed over the channel's programs in index order, then
     scattered to the parameter gradients (each in its own dtype)."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -416,4 +430,4 @@ def _reduce_bwd_finish(part_ptr, gw1_ptr, gw3_ptr, gb3_ptr, gw2_ptr, gg1_ptr, gb
     tl.store(gw2_ptr + c + slots - 12, acc.to(gw2_ptr.dtype.element_ty), mask=slots == 12)
     tl.store(gb1_ptr + c + slots - 13, acc.to(gb1_ptr.dtype.element_ty), mask=slots == 13)
     tl.store(gg1_ptr + c + slots - 14, acc.to(gg1_ptr.dtype.element_ty), mask=slots == 14)
-    tl.store(gw1_ptr + c * KK + slots - 15, acc.to(gw1_ptr.dtype.element_ty), mask=(slots >= 15) & (slots < NT))
+    tl.store(gw1_ptr + c * KK + slots - NS, acc.to(gw1_ptr.dtype.element_ty), mask=(slots >= NS) & (slots < NT))

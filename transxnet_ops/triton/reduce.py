@@ -153,11 +153,12 @@ def osra_reduce_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, u: torc
     bb_x = _pow2_at_least(B, max(1, _TILE_ELEMS // block_x))
     n_bb_x, chunks_x = triton.cdiv(B, bb_x), triton.cdiv(H * W, block_x)
     n_dx = C * n_bb_x * chunks_x
+    kkp = _pow2_at_least(KS * KS)
     launch(rk._reduce_bwd_input)[(n_dx + C * tiling.P,)](
-        gx, x, u, stats, dmap, part, bn1_weight, w1, eps1, B, C, H, W, Ho, Wo, *tiling.args(), NT, n_bb_x, chunks_x,
-        n_dx, SR=sr_ratio, TRAINING=training, BB_X=bb_x, BLOCK_X=block_x, BLOCK_P=_BLOCK_P, IS_FP64=is_fp64,
-        num_warps=_warps(max(bb_x * block_x, tiling.BB * tiling.R)), **tiling.constexprs())
+        gx, x, u, stats, dmap, part, bn1_weight, w1, eps1, B, C, H, W, Ho, Wo, tiling.P, NT, n_bb_x, chunks_x, n_dx,
+        SR=sr_ratio, TRAINING=training, NS=rk.NS, KKP=kkp, BLOCK_E=max(1, _TILE_ELEMS // kkp), BB_X=bb_x,
+        BLOCK_X=block_x, BLOCK_P=_BLOCK_P, IS_FP64=is_fp64, num_warps=_warps(bb_x * block_x))
     launch(rk._reduce_bwd_finish)[(C,)](
-        part, gw1, gw3, gb3, gw2, gg1, gb1, gg2, gb2, tiling.P, NT, KK=KS * KS,
+        part, gw1, gw3, gb3, gw2, gg1, gb1, gg2, gb2, tiling.P, NT, KK=KS * KS, NS=rk.NS,
         BLOCK_S=_pow2_at_least(NT), BLOCK_P=_BLOCK_P, IS_FP64=is_fp64, num_warps=4)
     return gx, gw1, gg1, gb1, gw2, gg2, gb2, gw3, gb3
