@@ -29,6 +29,8 @@ def _pool_matrix_on(size: int, K: int, device: torch.device, dtype: torch.dtype)
 
 
 def _pool_matrix(size, K, like):
+    if torch.compiler.is_compiling():  # built in the graph (a constant to the compiler; no cache to trace)
+        return _pool_matrix_cpu.__wrapped__(size, K).to(device=like.device, dtype=like.dtype)
     # cached per device and dtype: converting per call costs two launches (on a GPU, host-to-device copies)
     return _pool_matrix_on(size, K, like.device, like.dtype)
 
