@@ -10,6 +10,9 @@
 #include "dwconv/dwconv.h"
 #include "idconv/idconv.h"
 #include "osra/attn.h"
+#include "reduce/idconv_weights.h"
+#include "reduce/reduce.h"
+#include "reduce/reduce_checks.h"
 
 namespace transxnet_ops {
 
@@ -132,6 +135,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_backward_impl(Bwd bwd, con
             const std::optional<at::Tensor>& b, const at::Tensor& o, const at::Tensor& lse, double s, \
             bool brg) {                                                                             \
            return attn_backward_impl(osra_attention_backward_##dev, go, q, k, v, b, o, lse, s, brg); \
+         });
+
+// OSRA reduce path (reduce/reduce.h): the schema's flat argument list gathered into ReduceParams.
+template <typename Fwd>
+ReduceForward osra_reduce_impl(Fwd fwd, const at::Tensor& x, ReduceParams p, bool training, bool save_u) {
+  check_osra_reduce_inputs(x, p);
+  TORCH_CHECK(p.bn1_running_mean.defined() && p.bn2_running_var.defined(),
+              "osra_reduce: the running statistics are required");
+  return fwd(x.contiguous(), p, training, save_u);
+}
+
+template <typename Bwd>
+ReduceBackward osra_reduce_backward_impl(Bwd bwd, const at::Tensor& grad_out, const at::Tensor& x,
+                                         const at::Tensor& u, const at::Tensor& stats, ReduceParams p,
+                                         bool training) {
+  check_osra_reduce_inputs(x, p);
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && u.scalar_type() == x.scalar_type(),
+              "osra_reduce_backward: grad_out and u must have x's dtype");
+  return bwd(grad_out.contiguous(), x.contiguous(), u.contiguous(), stats, p, training);
+}
+
+template <typename Fwd>
+std::tuple<at::Tensor, at::Tensor> idconv_weights_impl(Fwd fwd, const at::Tensor& logits,
+                                                       const std::optional<at::Tensor>& bias_logits,
+                                                       const at::Tensor& weight,
+                                                       const std::optional<at::Tensor>& bias) {
+  check_idconv_weights_inputs(logits, bias_logits, weight, bias);
+  return fwd(logits.contiguous(), contiguous_opt(bias_logits), weight.contiguous(), contiguous_opt(bias));
+}
+
+template <typename Bwd>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> idconv_weights_backward_impl(
+    Bwd bwd, const at::Tensor& grad_weight_out, const at::Tensor& grad_bias_out, const at::Tensor& logits,
+    const std::optional<at::Tensor>& bias_logits, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_idconv_weights_inputs(logits, bias_logits, weight, bias);
+  return bwd(grad_weight_out.contiguous(), grad_bias_out.contiguous(), logits.contiguous(),
+             contiguous_opt(bias_logits), weight.contiguous(), contiguous_opt(bias));
+}
+
+#define TRANSXNET_REGISTER_REDUCE(m, dev)                                                                   \
+  m.impl("osra_reduce", [](const at::Tensor& x, const at::Tensor& w1, const at::Tensor& g1,                \
+                           const at::Tensor& b1, const at::Tensor& rm1, const at::Tensor& rv1,             \
+                           const at::Tensor& w2, const at::Tensor& g2, const at::Tensor& b2,               \
+                           const at::Tensor& rm2, const at::Tensor& rv2, const at::Tensor& w3,             \
+                           const at::Tensor& b3, int64_t sr, double eps1, double eps2, bool training,      \
+                           bool save_u) {                                                                   \
+    return osra_reduce_impl(osra_reduce_forward_##dev, x,                                                  \
+                            ReduceParams{w1, g1, b1, rm1, rv1, w2, g2, b2, rm2, rv2, w3, b3, sr, eps1, eps2}, \
+                            training, save_u);                                                              \
+  });                                                                                                       \
+  m.impl("osra_reduce_backward",                                                                            \
+         [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& u, const at::Tensor& stats,       \
+            const at::Tensor& w1, const at::Tensor& g1, const at::Tensor& b1, const at::Tensor& w2,        \
+            const at::Tensor& g2, const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,        \
+            int64_t sr, double eps1, double eps2, bool training) {                                          \
+           return osra_reduce_backward_impl(                                                                \
+               osra_reduce_backward_##dev, gy, x, u, stats,                                                 \
+               ReduceParams{w1, g1, b1, {}, {}, w2, g2, b2, {}, {}, w3, b3, sr, eps1, eps2}, training);     \
+         });                                                                                                \
+  m.impl("idconv_weights", [](const at::Tensor& l, const std::optional<at::Tensor>& bl, const at::Tensor& w, \
+                              const std::optional<at::Tensor>& b) {                                         \
+    return idconv_weights_impl(idconv_weights_forward_##dev, l, bl, w, b);                                 \
+  });                                                                                                       \
+  m.impl("idconv_weights_backward",                                                                         \
+         [](const at::Tensor& gw, const at::Tensor& gb, const at::Tensor& l,                                \
+            const std::optional<at::Tensor>& bl, const at::Tensor& w, const std::optional<at::Tensor>& b) { \
+           return idconv_weights_backward_impl(idconv_weights_backward_##dev, gw, gb, l, bl, w, b);         \
          });
 
 #define TRANSXNET_REGISTER_IMPLS(m, dev) TRANSXNET_REGISTER_IDCONV(m, dev) TRANSXNET_REGISTER_OSRA(m, dev)
