@@ -1,5 +1,6 @@
 // OSRA reduce path CUDA entry points (contract in reduce/reduce.h): checks, allocation, device guard, torch's
 // current stream; kernels in reduce_cuda.cu.
+#include <array>
 #include <limits>
 
 #include "reduce/param_binding.h"
@@ -67,9 +68,10 @@ ReduceForward osra_reduce_forward_cuda(const at::Tensor& x, const ReduceParams& 
 ReduceBackward osra_reduce_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& u,
                                          const at::Tensor& stats, const ReduceParams& p, bool training) {
   const ReduceShape s = shape_of(x, p, "osra_reduce_backward");
-  const at::IntArrayRef map_shape{s.B, s.C, s.Ho, s.Wo};
+  const std::array<int64_t, 4> map_shape{s.B, s.C, s.Ho, s.Wo};
   TORCH_CHECK(u.sizes() == map_shape && grad_out.sizes() == map_shape,
-              "osra_reduce_backward: grad_out and u must be (B, C, Ho, Wo) = ", map_shape, ", got ", grad_out.sizes(),
+              "osra_reduce_backward: grad_out and u must be (B, C, Ho, Wo) = ", at::IntArrayRef(map_shape), ", got ",
+              grad_out.sizes(),
               " and ", u.sizes());
   TORCH_CHECK(stats.sizes() == at::IntArrayRef({6, s.C}) && stats.scalar_type() == at::kFloat &&
                   stats.device() == x.device(),
