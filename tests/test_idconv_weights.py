@@ -173,3 +173,24 @@ def test_idconv2d_matches_official(backend, train, K, G, bias, size):
                 else rel_err(state[n], ref_state[n]) < 1e-12), n
     if train:
         assert state["proj.0.bn.num_batches_tracked"].item() == (2 if bias else 1)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_idconv2d_compile_fullgraph(backend, train):
+    """The whole module under torch.compile(fullgraph=True): pool, proj (twice in training), the fused weight
+    generation, the conv; outputs, gradients and proj's running statistics as in eager mode."""
+    eager = randomized_idconv(8, 3, 2, True, torch.float32).train(train)
+    eager.backend = backend
+    compiled_module = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 8, 7, 6, requires_grad=True)
+    expected, got = eager(x), compiled(x)
+    assert rel_err(got, expected) < 1e-5
+    ref_grads = torch.autograd.grad(expected.sum(), [x] + list(eager.parameters()))
+    grads = torch.autograd.grad(got.sum(), [x] + list(compiled_module.parameters()))
+    for g, e in zip(grads, ref_grads):
+        assert rel_err(g, e) < 1e-5
+    for (name, a), b in zip(eager.state_dict().items(), compiled_module.state_dict().values()):
+        assert (torch.equal(a, b) if not a.is_floating_point() else rel_err(b, a) < 1e-6), name

@@ -16,8 +16,10 @@ import sys
 import pytest
 import torch
 
-if __name__ == "__main__" and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if __name__ == "__main__":
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after PYTHONPATH: it wins
 
 import transxnet_ops  # noqa: E402
 from official_reference import official_like  # noqa: E402

@@ -222,8 +222,8 @@ def _reduce_fwd_out(x_ptr, u_ptr, out_ptr, stats_ptr, part2_ptr,
     acc = s + _load_c(b3_ptr, c, ACC)
     RW = TW + 2 * HALO_W
     for d in tl.static_range(9):
-        di: tl.constexpr = d // 3 - 1
-        dj: tl.constexpr = d % 3 - 1
+        di = d // 3 - 1
+        dj = d % 3 - 1
         # an interior position's in-map neighbours lie in the region (halo, or the tile spans the dimension)
         inside = (oh + di >= 0) & (oh + di < Ho) & (ow + dj >= 0) & (ow + dj < Wo)
         idx = tl.broadcast_to(tl.minimum(tl.maximum(r + (di * RW + dj), 0), R - 1), [BB, R])
@@ -275,8 +275,8 @@ def _reduce_bwd_map(gy_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, b1_ptr
     ds = dy
     tl.store(slot_ptr, _tile_sum(dy))
     for d in tl.static_range(9):
-        di: tl.constexpr = d // 3 - 1
-        dj: tl.constexpr = d % 3 - 1
+        di = d // 3 - 1
+        dj = d % 3 - 1
         # dy at o - (di, dj) serves both ds[o] (conv transpose) and grad w3[d] = sum_o s[o] * dy[o - d]
         ok = valid & (oh - di >= 0) & (oh - di < Ho) & (ow - dj >= 0) & (ow - dj < Wo)
         dy_d = tl.load(gy_ptr + offs - (di * Wo + dj), mask=ok, other=0.0).to(ACC)
@@ -338,73 +338,92 @@ def _load_du(dmap_ptr, u_ptr, offs, ok, scale, shift, slope, mean1, r1, TRAINING
 
 
 @triton.jit
+def _grad_x_chunk(pid, gx_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, w1_ptr, eps1, B, C, H, W, Ho, Wo, P,
+                  NT, n_bb_x, chunks_x, SR: tl.constexpr, TRAINING: tl.constexpr, BB_X: tl.constexpr,
+                  BLOCK_X: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """grad_x of a (channel, sample block, BLOCK_X input positions) chunk, gathering du over the
+    <= ceil(KS/SR)^2 outputs whose window covers each input pixel (no scatter, no atomics)."""
+    KS: tl.constexpr = SR + 3
+    PAD: tl.constexpr = KS // 2
+    T: tl.constexpr = (KS + SR - 1) // SR
+    chunk = pid % chunks_x
+    bb = (pid // chunks_x) % n_bb_x
+    c = pid // (chunks_x * n_bb_x)
+    scale, shift, slope, mean1, r1 = _du_coefficients(part_ptr, stats_ptr, g1_ptr, eps1, c, B, C, Ho, Wo, P, NT,
+                                                      TRAINING, BLOCK_P, ACC)
+    b = bb * BB_X + tl.arange(0, BB_X)[:, None]
+    q = chunk * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
+    valid = (b < B) & (q < H * W)
+    h = q // W
+    w = q % W
+    acc = tl.zeros([BB_X, BLOCK_X], ACC)
+    for th in tl.static_range(T):
+        oh = (h + PAD) // SR - th
+        i = h + PAD - oh * SR
+        row_ok = valid & (oh >= 0) & (oh < Ho) & (i < KS)
+        for tw in tl.static_range(T):
+            ow = (w + PAD) // SR - tw
+            j = w + PAD - ow * SR
+            ok = row_ok & (ow >= 0) & (ow < Wo) & (j < KS)
+            du = _load_du(dmap_ptr, u_ptr, _map_offsets(b, c, oh, ow, C, Ho, Wo), ok, scale, shift, slope, mean1,
+                          r1, TRAINING, ACC)
+            acc += du * tl.load(w1_ptr + c * KS * KS + i * KS + j, mask=ok, other=0.0).to(ACC)
+    tl.store(gx_ptr + (b.to(tl.int64) * C + c) * H * W + q, acc.to(gx_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _grad_conv1_partial(pid, x_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, eps1, B, C, H, W, Ho, Wo, P, NT,
+                        SR: tl.constexpr, TRAINING: tl.constexpr, NS: tl.constexpr, KKP: tl.constexpr,
+                        BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """Partial p of the channel's grad conv1 (slot NS + i*KS + j = sum du * x[tap (i, j)]): the channel's
+    B*Ho*Wo outputs split into P equal ranges, each read as [BLOCK_E positions, KKP taps] tiles (the x window
+    of each output), reduced over positions once per tile."""
+    KS: tl.constexpr = SR + 3
+    PAD: tl.constexpr = KS // 2
+    p = pid % P
+    c = pid // P
+    scale, shift, slope, mean1, r1 = _du_coefficients(part_ptr, stats_ptr, g1_ptr, eps1, c, B, C, Ho, Wo, P, NT,
+                                                      TRAINING, BLOCK_P, ACC)
+    taps = tl.arange(0, KKP)
+    ti = (taps // KS)[None, :]
+    tj = (taps % KS)[None, :]
+    tap_ok = (taps < KS * KS)[None, :]
+    n = B * Ho * Wo
+    per = tl.cdiv(n, P)
+    end = tl.minimum((p + 1) * per, n)
+    acc = tl.zeros([KKP], ACC)
+    for e0 in range(p * per, end, BLOCK_E):
+        e = e0 + tl.arange(0, BLOCK_E)[:, None]
+        ok = e < end
+        b = e // (Ho * Wo)
+        oh = (e % (Ho * Wo)) // Wo
+        ow = e % Wo
+        du = _load_du(dmap_ptr, u_ptr, _map_offsets(b, c, oh, ow, C, Ho, Wo), ok, scale, shift, slope, mean1, r1,
+                      TRAINING, ACC)
+        ih = oh * SR - PAD + ti
+        iw = ow * SR - PAD + tj
+        in_x = ok & tap_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xv = tl.load(x_ptr + (b.to(tl.int64) * C + c) * H * W + ih * W + iw, mask=in_x, other=0.0)
+        acc += tl.sum(du * xv.to(ACC), axis=0)
+    tl.store(part_ptr + (c * P + p) * NT + NS + taps, acc, mask=taps < KS * KS)
+
+
+@triton.jit
 def _reduce_bwd_input(gx_ptr, x_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, w1_ptr, eps1,
                       B, C, H, W, Ho, Wo, P, NT, n_bb_x, chunks_x, n_dx,
                       SR: tl.constexpr, TRAINING: tl.constexpr, NS: tl.constexpr, KKP: tl.constexpr,
                       BLOCK_E: tl.constexpr, BB_X: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_P: tl.constexpr,
                       IS_FP64: tl.constexpr):
     """Backward through BN1's batch terms and the strided conv, two kinds of programs in one launch:
-    pid < n_dx: grad_x of a (channel, sample block, BLOCK_X input positions) chunk, gathering du over the
-    <= ceil(KS/SR)^2 outputs whose window covers each input pixel (no scatter, no atomics);
-    pid >= n_dx: partial p of the channel's grad conv1, slot NS + i*KS + j = sum du * x[tap (i, j)]."""
+    pid < n_dx: a grad_x chunk; pid >= n_dx: a partial of grad conv1 (reduced by _reduce_bwd_finish)."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    KS: tl.constexpr = SR + 3
-    PAD: tl.constexpr = KS // 2
-    T: tl.constexpr = (KS + SR - 1) // SR
     pid = tl.program_id(0)
     if pid < n_dx:
-        chunk = pid % chunks_x
-        bb = (pid // chunks_x) % n_bb_x
-        c = pid // (chunks_x * n_bb_x)
-        scale, shift, slope, mean1, r1 = _du_coefficients(part_ptr, stats_ptr, g1_ptr, eps1, c, B, C, Ho, Wo, P,
-                                                          NT, TRAINING, BLOCK_P, ACC)
-        b = bb * BB_X + tl.arange(0, BB_X)[:, None]
-        q = chunk * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
-        valid = (b < B) & (q < H * W)
-        h = q // W
-        w = q % W
-        acc = tl.zeros([BB_X, BLOCK_X], ACC)
-        for th in tl.static_range(T):
-            oh = (h + PAD) // SR - th
-            i = h + PAD - oh * SR
-            row_ok = valid & (oh >= 0) & (oh < Ho) & (i < KS)
-            for tw in tl.static_range(T):
-                ow = (w + PAD) // SR - tw
-                j = w + PAD - ow * SR
-                ok = row_ok & (ow >= 0) & (ow < Wo) & (j < KS)
-                du = _load_du(dmap_ptr, u_ptr, _map_offsets(b, c, oh, ow, C, Ho, Wo), ok, scale, shift, slope,
-                              mean1, r1, TRAINING, ACC)
-                acc += du * tl.load(w1_ptr + c * KS * KS + i * KS + j, mask=ok, other=0.0).to(ACC)
-        tl.store(gx_ptr + (b.to(tl.int64) * C + c) * H * W + q, acc.to(gx_ptr.dtype.element_ty), mask=valid)
+        _grad_x_chunk(pid, gx_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, w1_ptr, eps1, B, C, H, W, Ho, Wo, P,
+                      NT, n_bb_x, chunks_x, SR, TRAINING, BB_X, BLOCK_X, BLOCK_P, ACC)
     else:
-        # grad conv1: the channel's B*Ho*Wo outputs split into P equal ranges, each read as [BLOCK_E positions,
-        # KKP taps] tiles (the x window of each output), reduced over positions once per tile
-        p = (pid - n_dx) % P
-        c = (pid - n_dx) // P
-        scale, shift, slope, mean1, r1 = _du_coefficients(part_ptr, stats_ptr, g1_ptr, eps1, c, B, C, Ho, Wo, P,
-                                                          NT, TRAINING, BLOCK_P, ACC)
-        taps = tl.arange(0, KKP)
-        ti = (taps // KS)[None, :]
-        tj = (taps % KS)[None, :]
-        tap_ok = (taps < KS * KS)[None, :]
-        n = B * Ho * Wo
-        per = tl.cdiv(n, P)
-        end = tl.minimum((p + 1) * per, n)
-        acc = tl.zeros([KKP], ACC)
-        for e0 in range(p * per, end, BLOCK_E):
-            e = e0 + tl.arange(0, BLOCK_E)[:, None]
-            ok = e < end
-            b = e // (Ho * Wo)
-            oh = (e % (Ho * Wo)) // Wo
-            ow = e % Wo
-            du = _load_du(dmap_ptr, u_ptr, _map_offsets(b, c, oh, ow, C, Ho, Wo), ok, scale, shift, slope, mean1,
-                          r1, TRAINING, ACC)
-            ih = oh * SR - PAD + ti
-            iw = ow * SR - PAD + tj
-            in_x = ok & tap_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.load(x_ptr + (b.to(tl.int64) * C + c) * H * W + ih * W + iw, mask=in_x, other=0.0)
-            acc += tl.sum(du * xv.to(ACC), axis=0)
-        tl.store(part_ptr + (c * P + p) * NT + NS + taps, acc, mask=taps < KS * KS)
+        _grad_conv1_partial(pid - n_dx, x_ptr, u_ptr, stats_ptr, dmap_ptr, part_ptr, g1_ptr, eps1, B, C, H, W, Ho,
+                            Wo, P, NT, SR, TRAINING, NS, KKP, BLOCK_E, BLOCK_P, ACC)
 
 
 @triton.jit

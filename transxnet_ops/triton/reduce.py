@@ -15,7 +15,7 @@ from . import _reduce_kernels as rk
 from ._register import kernel_op, launch
 
 _MAX_REGION = 256  # positions of one map tile (with halo): a whole 7x7 .. 16x16 map, else 32-wide strips
-_TILE_ELEMS = 1024  # samples x positions per program
+_TILE_ELEMS = 512  # samples x positions per program (T1: 384 programs for 132 SMs)
 _BLOCK_P = 16  # partials combined per step
 
 
