@@ -508,8 +508,13 @@ __global__ void __launch_bounds__(kThreads) bwd_finish_kernel(Tiling t, const fl
     } else if (slot < kDb3) {
       store_grad(g.local_weight, c * 9 + slot, sum);
     } else {
-      const GradRef per_channel[] = {g.local_bias, g.bn2_bias, g.bn2_weight, g.conv2_weight, g.bn1_bias, g.bn1_weight};
-      store_grad(per_channel[slot - kDb3], c, sum);
+      const GradRef per_channel = slot == kDb3       ? g.local_bias
+                                  : slot == kDbeta2  ? g.bn2_bias
+                                  : slot == kDgamma2 ? g.bn2_weight
+                                  : slot == kDw2     ? g.conv2_weight
+                                  : slot == kDbeta1  ? g.bn1_bias
+                                                     : g.bn1_weight;
+      store_grad(per_channel, c, sum);
     }
   }
 }
