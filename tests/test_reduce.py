@@ -54,7 +54,9 @@ def run(path, x, backend, grad_out, fused=True):
     """(output, grad of x, {name: grad}) of the fused (reduce_keys) or official path."""
     x = x.detach().clone().requires_grad_()
     if fused:
-        out = reduce.reduce_keys(x, path["sr"], path["local_conv"], path["sr"][0].conv.stride[0], backend=backend)
+        sr = path["sr"][0].conv.stride[0]
+        assert reduce.fusable(path["sr"], path["local_conv"], sr)  # the official layout runs the fused op
+        out = reduce.reduce_keys(x, path["sr"], path["local_conv"], sr, backend=backend)
     else:
         out = official_forward(path, x)
     (out * grad_out).sum().backward()
@@ -286,6 +288,9 @@ def test_bad_input_is_reported():
 def test_non_official_layout_runs_the_module_path():
     """A BatchNorm without running statistics (or another activation) is not fused: the modules run."""
     path = official_path(3, 2).eval()
+    assert reduce.fusable(path["sr"], path["local_conv"], 2)
+    ours = OSRA(3, sr_ratio=2)
+    assert reduce.fusable(ours.sr, ours.local_conv, 2)  # ConvBN
     path["sr"][0].bn.track_running_stats = False
     path["sr"][0].bn.running_mean = path["sr"][0].bn.running_var = None
     assert not reduce.fusable(path["sr"], path["local_conv"], 2)

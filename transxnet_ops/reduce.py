@@ -138,17 +138,29 @@ def _is_official_bn(bn):
     return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
 
 
+def _conv_bn_act(block):
+    """(conv, bn, activation or None) of a block that computes act(bn(conv(x))): our ConvBN (a Sequential of
+    exactly conv, bn[, activate]) or the official restatement's ConvModule; None for anything else."""
+    cls = type(block)
+    if cls.__name__ == "ConvModule" and cls.__module__ == "transxnet_ops.models.official":
+        return block.conv, block.bn, block.activate
+    if isinstance(block, nn.Sequential) and [n for n, _ in block.named_children()] in (["conv", "bn"],
+                                                                                          ["conv", "bn", "activate"]):
+        return block.conv, block.bn, getattr(block, "activate", None)
+    return None
+
+
 def fusable(sr, local_conv, sr_ratio):
     """The official layout: sr = [conv(k=sr+3, stride sr, pad k//2, depthwise, no bias) + BN + GELU,
     depthwise 1x1 conv (no bias) + BN], local_conv a biased 3x3 depthwise conv with padding 1."""
-    try:
-        first, second = sr
-        conv1, bn1, act = first.conv, first.bn, first.activate
-        conv2, bn2 = second.conv, second.bn
-    except (AttributeError, TypeError, ValueError):
+    if not isinstance(sr, nn.Sequential) or len(sr) != 2:
         return False
+    first, second = _conv_bn_act(sr[0]), _conv_bn_act(sr[1])
+    if first is None or second is None:
+        return False
+    (conv1, bn1, act), (conv2, bn2, act2) = first, second
     C, k = local_conv.in_channels, sr_ratio + 3
-    plain = (len(first) == 3 and len(second) == 2 and type(act) is nn.GELU and act.approximate == "none"
+    plain = (type(act) is nn.GELU and act.approximate == "none" and act2 is None
              and _is_official_bn(bn1) and _is_official_bn(bn2) and bn1.training == bn2.training)
     depthwise = all(isinstance(c, nn.Conv2d) and c.groups == c.in_channels == c.out_channels == C
                     and c.dilation == (1, 1) and c.padding_mode == "zeros" for c in (conv1, conv2, local_conv))
