@@ -52,13 +52,14 @@ TORCH_LIBRARY(transxnet_ops, m) {
 TORCH_LIBRARY_IMPL(transxnet_ops, CPU, m) {
   TRANSXNET_REGISTER_IMPLS(m, cpu)
   TRANSXNET_REGISTER_DWCONV(m, cpu)
-  TRANSXNET_REGISTER_REDUCE(m, cpu)  // CUDA: contract declared in reduce/*.h, registered once implemented
+  TRANSXNET_REGISTER_REDUCE(m, cpu)
 }
 
 #ifdef TRANSXNET_WITH_CUDA
 TORCH_LIBRARY_IMPL(transxnet_ops, CUDA, m) {
   TRANSXNET_REGISTER_IMPLS(m, cuda)
   TRANSXNET_REGISTER_DWCONV(m, cuda)
+  TRANSXNET_REGISTER_REDUCE(m, cuda)
 }
 #endif
 
