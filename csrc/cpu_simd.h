@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 // A 64-byte vector passed between inlined functions triggers ABI notes for the narrower targets; no vector ever
@@ -55,6 +56,50 @@ TXN_INLINE V loadu(const T* p) {
 template <typename V, typename T>
 TXN_INLINE void storeu(T* p, const V& v) {
   *reinterpret_cast<typename VecOf<T, sizeof(V)>::unaligned*>(p) = v;
+}
+
+
+template <typename V>
+using ElementOf = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
+
+// Half of V (down to a scalar).
+template <typename V>
+using HalfOf = std::conditional_t<sizeof(V) == 2 * sizeof(ElementOf<V>), ElementOf<V>,
+                                  Vec<ElementOf<V>, sizeof(V) / 2>>;
+
+template <typename V>
+TXN_INLINE void split_halves(const V& v, HalfOf<V>& lo, HalfOf<V>& hi) {
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+}
+
+template <typename V, typename T>
+TXN_INLINE V splat(T x) {
+  return V{} + x;
+}
+
+// Sum of the lanes, halving the vector (a fixed order).
+template <typename V>
+TXN_INLINE ElementOf<V> lane_sum(const V& v) {
+  HalfOf<V> lo, hi;
+  split_halves(v, lo, hi);
+  if constexpr (std::is_arithmetic_v<HalfOf<V>>) {
+    return lo + hi;
+  } else {
+    return lane_sum(lo + hi);
+  }
+}
+
+// Largest lane.
+template <typename V>
+TXN_INLINE ElementOf<V> lane_max(const V& v) {
+  HalfOf<V> lo, hi;
+  split_halves(v, lo, hi);
+  if constexpr (std::is_arithmetic_v<HalfOf<V>>) {
+    return lo > hi ? lo : hi;
+  } else {
+    return lane_max(lo > hi ? lo : hi);
+  }
 }
 
 namespace detail {

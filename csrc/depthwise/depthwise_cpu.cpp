@@ -33,24 +33,9 @@ struct Lines {
 
 // ------------------------------------------------------------------------------------------- vector helpers
 
-template <typename V>
-using ElementOf = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
-
-// Half of V (down to a scalar).
-template <typename V>
-using HalfOf = std::conditional_t<sizeof(V) == 2 * sizeof(ElementOf<V>), ElementOf<V>,
-                                  Vec<ElementOf<V>, sizeof(V) / 2>>;
-
-template <typename V>
-TXN_INLINE void split_halves(const V& v, HalfOf<V>& lo, HalfOf<V>& hi) {
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-}
-
-template <typename V, typename T>
-TXN_INLINE V splat(T x) {
-  return V{} + x;
-}
+using simd::HalfOf;
+using simd::lane_sum;
+using simd::splat;
 
 // dst[0:n] = src[0:n] for n < lanes, in halving steps (no loop the compiler would turn into a memcpy call).
 template <typename V, typename T>
@@ -91,18 +76,6 @@ TXN_INLINE void store_first(T* p, const V& v, int64_t n) {
 template <typename V, typename T>
 TXN_INLINE void zero_over(T* dst, int64_t n) {
   for (int64_t i = 0; i < n; i += simd::lanes_of<V>()) storeu(dst + i, V{});
-}
-
-// Sum of the lanes, halving the vector (a fixed order).
-template <typename V>
-TXN_INLINE ElementOf<V> lane_sum(const V& v) {
-  HalfOf<V> lo, hi;
-  split_halves(v, lo, hi);
-  if constexpr (std::is_arithmetic_v<HalfOf<V>>) {
-    return lo + hi;
-  } else {
-    return lane_sum(lo + hi);
-  }
 }
 
 // ------------------------------------------------------------------------------------------- line kernels
