@@ -17,9 +17,9 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from transxnet_ops.triton import _idconv_kernels as ik, _osra_kernels as ok
+from transxnet_ops.triton import _depthwise_kernels as dk, _osra_kernels as ok
 
-FP32_ARGS = {"lse_ptr", "delta_ptr", "partial_ptr"}
+FP32_ARGS = {"lse_ptr", "delta_ptr", "partial_ptr", "part_ptr"}
 
 def attn(**extra):
     return lambda fp32: dict(IS_FP32=fp32, IS_FP64=False, BLOCK_N=64, BLOCK_M=64, BLOCK_D=32, **extra)
@@ -29,9 +29,16 @@ KERNELS = {
     "attn_bwd_dq": (ok._attn_bwd_dq, attn(HAS_BIAS=True)),
     "attn_bwd_dkdv": (ok._attn_bwd_dkdv, attn(HAS_BIAS=False)),
     "attn_bwd_dbias": (ok._attn_bwd_dbias, attn()),
-    "idconv_fwd": (ik._idconv_fwd, lambda fp32: dict(K=7, FLIP=False, HAS_BIAS=True, IS_FP64=False,
-                                                     BLOCK_H=16, BLOCK_W=64)),
-    "idconv_bwd_dw": (ik._idconv_bwd_dw, lambda fp32: dict(K=7, IS_FP64=False, BLOCK_H=16, BLOCK_W=64)),
+    # depthwise family (IDConv and dwconv2d): two register-window segments in one launch, the direct path (large K)
+    "dw_fwd": (dk._dw_fwd, lambda fp32: dict(K0=5, K1=3, K2=1, K3=1, NSEG=2, E=2, PER_SAMPLE=False, HAS_BIAS=True,
+                                             IS_FP64=False, BLOCK_P=4, LANES=8)),
+    "dw_bwd": (dk._dw_bwd, lambda fp32: dict(K0=5, K1=3, K2=1, K3=1, NSEG=2, E=2, PER_SAMPLE=False, IS_FP64=False,
+                                             BLOCK_P=4, LANES=8)),
+    "dw_reduce_partials": (dk._dw_reduce_partials, lambda fp32: dict(HAS_GB=True, IS_FP64=False, BLOCK=256)),
+    "dw_fwd_direct": (dk._dw_fwd_direct, lambda fp32: dict(K=11, FLIP=True, PER_SAMPLE=True, HAS_BIAS=False,
+                                                           IS_FP64=False, BLOCK_H=8, BLOCK_W=32)),
+    "dw_wgrad_direct": (dk._dw_wgrad_direct, lambda fp32: dict(K=11, PER_SAMPLE=False, IS_FP64=False, BLOCK_H=8,
+                                                               BLOCK_W=32)),
 }
 
 def signature(fn, constexprs, dtype):
@@ -71,4 +78,4 @@ def test_all_kernels_compile_for_gpu(arch):
     run = subprocess.run([sys.executable, "-c", COMPILE_ALL, str(arch)], env=env, cwd=root, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok ") == 18, run.stdout
+    assert run.stdout.count("ok ") == 27, run.stdout  # 9 kernels x 3 dtypes
