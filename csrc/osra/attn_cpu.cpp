@@ -272,14 +272,26 @@ Dims dims_of(const at::Tensor& q, const at::Tensor& k, const std::optional<at::T
           Mp, round_up(D, L), std::clamp<int64_t>(32768 / Mp, 8, 48), (N + kBlockRows - 1) / kBlockRows};
 }
 
-// t (B, H, M, D) in the accumulation type times `mul`, zero padded to (B, H, Mp, Dp), or transposed and padded to
-// (B, H, Dp, Mp); contiguous.
-at::Tensor stage(const at::Tensor& t, double mul, bool transpose, const Dims& s) {
-  at::Tensor a = t.to(t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  if (mul != 1.0) a = a * mul;
-  if (transpose) a = a.transpose(2, 3);
-  const int64_t rows = transpose ? s.Dp - s.D : s.Mp - s.M, cols = transpose ? s.Mp - s.M : s.Dp - s.D;
-  return at::constant_pad_nd(a, {0, cols, 0, rows}).contiguous();
+// t (B, H, M, D), contiguous, in the accumulation type times `mul`, zero padded to (B * H, Mp, Dp), or transposed
+// and padded to (B * H, Dp, Mp). Plain loops: a few thousand elements per (b, h), where ATen's pad / transpose /
+// contiguous chain costs more than the attention itself at TransXNet's last stage.
+template <typename acc_t, typename scalar_t>
+at::Tensor stage(const at::Tensor& t, acc_t mul, bool transpose, const Dims& s) {
+  const int64_t rows = transpose ? s.Dp : s.Mp, cols = transpose ? s.Mp : s.Dp, size = rows * cols;
+  at::Tensor staged = at::empty({s.B * s.H, rows, cols}, t.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const scalar_t* src = t.const_data_ptr<scalar_t>();
+  acc_t* dst = staged.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, s.B * s.H, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      acc_t* d = dst + bh * size;
+      const scalar_t* x = src + bh * s.M * s.D;
+      std::fill(d, d + size, acc_t(0));
+      for (int64_t m = 0; m < s.M; ++m)
+        for (int64_t e = 0; e < s.D; ++e)
+          d[transpose ? e * s.Mp + m : m * s.Dp + e] = static_cast<acc_t>(x[m * s.D + e]) * mul;
+    }
+  });
+  return staged;
 }
 
 template <typename acc_t>
@@ -341,7 +353,8 @@ std::tuple<at::Tensor, at::Tensor> osra_attention_forward_cpu(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "osra_attention_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Dims s = dims_of<acc_t>(q, k, bias);
-    const at::Tensor kT = stage(k, scale, true, s), vs = stage(v, 1.0, false, s);
+    const at::Tensor kT = stage<acc_t, scalar_t>(k, acc_t(scale), true, s);
+    const at::Tensor vs = stage<acc_t, scalar_t>(v, acc_t(1), false, s);
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
@@ -384,7 +397,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> osra_attention_backwa
     // Without a bias gradient to sum, every (b, h) is a slice of its own.
     const int64_t slice_b = want_gbias ? s.Bb : s.B, slice_h = want_gbias ? s.Hb : s.H;
     const int64_t slices = slice_b * slice_h, pairs_per_slice = (s.B / slice_b) * (s.H / slice_h);
-    const at::Tensor kT = stage(k, scale, true, s), ks = stage(k, scale, false, s), vT = stage(v, 1.0, true, s);
+    const at::Tensor kT = stage<acc_t, scalar_t>(k, acc_t(scale), true, s);
+    const at::Tensor ks = stage<acc_t, scalar_t>(k, acc_t(scale), false, s);
+    const at::Tensor vT = stage<acc_t, scalar_t>(v, acc_t(1), true, s);
     // dk^T and dv^T partial sums, one per (b, h, block)
     auto part = at::empty({2, s.B * s.H, s.blocks, s.Dp, s.Mp}, kT.options());
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
@@ -427,24 +442,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> osra_attention_backwa
         if (gbp) store_tile(gbias.data(), n1 - n0, s.M, s.Mp, gbp + (slice * s.N + n0) * s.M);
       }
     });
-    // Sum the partials over the blocks in order; dk^T -> dk (times the scale), dv^T -> dv.
-    auto reduce = [&](const acc_t* parts, double mul) {
-      auto sum = at::empty({s.B * s.H, s.Dp, s.Mp}, kT.options());
-      acc_t* dst = sum.mutable_data_ptr<acc_t>();
-      at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
+    // Sum the partials over the blocks in order, and write dk^T -> dk (times the scale), dv^T -> dv.
+    auto reduce = [&](const acc_t* parts, acc_t mul) {
+      auto grad = at::empty({s.B, s.H, s.M, s.D}, q.options());
+      scalar_t* dst = grad.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, s.B * s.H, 4, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sum(part_size);
         for (int64_t bh = begin; bh < end; ++bh) {
-          acc_t* d = dst + bh * part_size;
           const acc_t* src = parts + bh * s.blocks * part_size;
-          std::copy(src, src + part_size, d);
+          std::copy(src, src + part_size, sum.begin());
           for (int64_t blk = 1; blk < s.blocks; ++blk)
-            for (int64_t e = 0; e < part_size; ++e) d[e] += src[blk * part_size + e];
+            for (int64_t e = 0; e < part_size; ++e) sum[e] += src[blk * part_size + e];
+          scalar_t* g = dst + bh * s.M * s.D;
+          for (int64_t m = 0; m < s.M; ++m)
+            for (int64_t e = 0; e < s.D; ++e) g[m * s.D + e] = static_cast<scalar_t>(sum[e * s.Mp + m] * mul);
         }
       });
-      return sum.narrow(1, 0, s.D).narrow(2, 0, s.M).transpose(1, 2).mul(mul).to(q.scalar_type())
-          .reshape(k.sizes()).contiguous();
+      return grad;
     };
-    grad_k = reduce(dkT_part, scale);
-    grad_v = reduce(dvT_part, 1.0);
+    grad_k = reduce(dkT_part, acc_t(scale));
+    grad_v = reduce(dvT_part, acc_t(1));
   });
   return {grad_q, grad_k, grad_v, grad_bias};
 }
