@@ -5,6 +5,7 @@
 #pragma once
 #include <torch/library.h>
 
+#include "activation_layout.h"
 #include "checks.h"
 #include "dwconv/dwconv.h"
 #include "idconv/idconv.h"
@@ -12,23 +13,43 @@
 
 namespace transxnet_ops {
 
-template <typename Fwd>
+// Depthwise activations (idconv, dwconv2d). Kernels that read channels-innermost views in place (CUDA: kNhwc) get
+// a channels-last x as it is, grad_y in x's layout, and return outputs in that layout; the others (CPU) get
+// NCHW-contiguous tensors and their outputs are converted to x's layout (activation_layout.h) afterwards.
+constexpr bool kDepthwiseNhwc_cpu = false;
+constexpr bool kDepthwiseNhwc_cuda = true;
+constexpr bool kDepthwiseNhwc_emu = true;  // the CPU test emulator of the CUDA kernels (tests/cuda_emu)
+
+template <bool kNhwc>
+at::Tensor depthwise_input(const at::Tensor& t, const at::Tensor& x) {
+  if (kNhwc && channels_last_activation(x))
+    return t.stride(1) == 1 ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+  return t.contiguous();
+}
+
+inline at::Tensor in_layout_of(const at::Tensor& out, const at::Tensor& x) {
+  return out.contiguous(activation_format(x));  // a no-op when the kernels wrote it so
+}
+
+template <bool kNhwc, typename Fwd>
 at::Tensor idconv_impl(Fwd fwd, const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   check_idconv_inputs(x, weight, bias);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
-  return fwd(x.contiguous(), weight.contiguous(), b);
+  return in_layout_of(fwd(depthwise_input<kNhwc>(x, x), weight.contiguous(), b), x);
 }
 
-template <typename Bwd>
+template <bool kNhwc, typename Bwd>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> idconv_backward_impl(Bwd bwd, const at::Tensor& grad_y,
                                                                     const at::Tensor& x,
                                                                     const at::Tensor& weight) {
   check_idconv_inputs(x, weight, std::nullopt);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
               "idconv_backward: grad_y must match x, got ", grad_y.sizes());
-  return bwd(grad_y.contiguous(), x.contiguous(), weight.contiguous());
+  auto [grad_x, grad_w, grad_b] =
+      bwd(depthwise_input<kNhwc>(grad_y, x), depthwise_input<kNhwc>(x, x), weight.contiguous());
+  return {in_layout_of(grad_x, x), grad_w, grad_b};
 }
 
 inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
@@ -61,14 +82,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_backward_impl(
              out.contiguous(), lse.contiguous(), scale, bias_requires_grad);
 }
 
-template <typename Fwd>
+template <bool kNhwc, typename Fwd>
 at::Tensor dwconv_impl(Fwd fwd, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
   check_dwconv_inputs(x, weight, bias, split_sizes, kernel_sizes);
-  return fwd(x.contiguous(), weight.contiguous(), contiguous_opt(bias), split_sizes, kernel_sizes);
+  return in_layout_of(fwd(depthwise_input<kNhwc>(x, x), weight.contiguous(), contiguous_opt(bias), split_sizes,
+                          kernel_sizes),
+                      x);
 }
 
-template <typename Bwd>
+template <bool kNhwc, typename Bwd>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_backward_impl(Bwd bwd, const at::Tensor& grad_y,
                                                                     const at::Tensor& x, const at::Tensor& weight,
                                                                     at::IntArrayRef split_sizes,
@@ -76,25 +99,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_backward_impl(Bwd bwd, con
   check_dwconv_inputs(x, weight, std::nullopt, split_sizes, kernel_sizes);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
               "dwconv2d_backward: grad_y must match x, got ", grad_y.sizes());
-  return bwd(grad_y.contiguous(), x.contiguous(), weight.contiguous(), split_sizes, kernel_sizes, bias_grad);
+  auto [grad_x, grad_w, grad_b] = bwd(depthwise_input<kNhwc>(grad_y, x), depthwise_input<kNhwc>(x, x),
+                                      weight.contiguous(), split_sizes, kernel_sizes, bias_grad);
+  return {in_layout_of(grad_x, x), grad_w, grad_b};
 }
 
-#define TRANSXNET_REGISTER_DWCONV(m, dev)                                                              \
-  m.impl("dwconv2d", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,  \
-                        at::IntArrayRef splits, at::IntArrayRef ks) {                                  \
-    return dwconv_impl(dwconv2d_forward_##dev, x, w, b, splits, ks);                                   \
-  });                                                                                                  \
-  m.impl("dwconv2d_backward", [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,       \
-                                 at::IntArrayRef splits, at::IntArrayRef ks, bool bias_grad) {         \
-    return dwconv_backward_impl(dwconv2d_backward_##dev, gy, x, w, splits, ks, bias_grad);             \
+#define TRANSXNET_REGISTER_DWCONV(m, dev)                                                                        \
+  m.impl("dwconv2d", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,            \
+                        at::IntArrayRef splits, at::IntArrayRef ks) {                                            \
+    return dwconv_impl<kDepthwiseNhwc_##dev>(dwconv2d_forward_##dev, x, w, b, splits, ks);                       \
+  });                                                                                                            \
+  m.impl("dwconv2d_backward", [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,                 \
+                                 at::IntArrayRef splits, at::IntArrayRef ks, bool bias_grad) {                   \
+    return dwconv_backward_impl<kDepthwiseNhwc_##dev>(dwconv2d_backward_##dev, gy, x, w, splits, ks, bias_grad); \
   });
 
-#define TRANSXNET_REGISTER_IDCONV(m, dev)                                                           \
+#define TRANSXNET_REGISTER_IDCONV(m, dev)                                                             \
   m.impl("idconv", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) { \
-    return idconv_impl(idconv_forward_##dev, x, w, b);                                              \
-  });                                                                                               \
-  m.impl("idconv_backward", [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w) {    \
-    return idconv_backward_impl(idconv_backward_##dev, gy, x, w);                                   \
+    return idconv_impl<kDepthwiseNhwc_##dev>(idconv_forward_##dev, x, w, b);                          \
+  });                                                                                                 \
+  m.impl("idconv_backward", [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w) {      \
+    return idconv_backward_impl<kDepthwiseNhwc_##dev>(idconv_backward_##dev, gy, x, w);               \
   });
 
 #define TRANSXNET_REGISTER_OSRA(m, dev)                                                             \

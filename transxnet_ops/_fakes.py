@@ -1,22 +1,35 @@
-"""Shape-only (fake/meta) implementations shared by every backend's ops: outputs are contiguous."""
+"""Shape-only (fake/meta) implementations shared by every backend's ops: outputs are contiguous, except the
+depthwise ops' activations, which follow x's layout (`activation_format`)."""
 import torch
 
 
+def activation_format(x):
+    """Memory format of the depthwise ops' activation outputs (y, grad_x); the rule of csrc/activation_layout.h,
+    shared by every backend: channels_last when x has its channels innermost (stride 1, more than one channel)
+    and is not NCHW-contiguous - a channels_last tensor or a slice of one - as nn.Conv2d does; else contiguous."""
+    channels_last = x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def empty_activation(x):
+    return torch.empty_like(x, memory_format=activation_format(x))
+
+
 def idconv_fake(x, weight, bias):
-    return x.new_empty(x.shape)
+    return empty_activation(x)
 
 
 def idconv_backward_fake(grad_y, x, weight):
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(x.shape[:2])
+    return empty_activation(x), weight.new_empty(weight.shape), x.new_empty(x.shape[:2])
 
 
 def dwconv2d_fake(x, weight, bias, split_sizes, kernel_sizes):
-    return x.new_empty(x.shape)
+    return empty_activation(x)
 
 
 def dwconv2d_backward_fake(grad_y, x, weight, split_sizes, kernel_sizes, bias_requires_grad):
     grad_bias = x.new_empty(x.shape[1]) if bias_requires_grad else x.new_empty(0)
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), grad_bias
+    return empty_activation(x), weight.new_empty(weight.shape), grad_bias
 
 
 def osra_attention_fake(q, k, v, bias, scale):
