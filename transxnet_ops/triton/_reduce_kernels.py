@@ -82,7 +82,10 @@ def _load_c(ptr, c, ACC: tl.constexpr):
 
 @triton.jit
 def _rstd(var, eps):
-    return 1.0 / tl.sqrt(var + eps)
+    if var.dtype == tl.float64:
+        return 1.0 / tl.sqrt(var + eps)
+    # inductor passes Python floats as fp64 scalars, which would promote the fp32 math (and loop carries) to fp64
+    return 1.0 / tl.sqrt(var + tl.cast(eps, tl.float32))
 
 
 @triton.jit
