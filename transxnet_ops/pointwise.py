@@ -22,9 +22,16 @@ def matmul_pays(x, in_channels, out_channels):
     if x.device.type != "cpu" or x.dim() != 4:
         return False
     small_map = x.shape[2] * x.shape[3] <= 256
-    if not (x.is_contiguous() or small_map):  # a large channels_last map: not worth the copy
+    if not (_batched_nchw(x) or small_map):  # a large channels_last map: not worth the copy
         return False
     return min(in_channels, out_channels) < 64 and (max(in_channels, out_channels) <= 128 or small_map)
+
+
+def _batched_nchw(x):
+    """x views as (B, C, H*W) with unit stride along H*W (contiguous, or a channel slice of a contiguous tensor
+    such as torch.chunk(x, 2, dim=1) makes)."""
+    _, C, H, W = x.shape
+    return x.stride(3) == 1 and (H == 1 or x.stride(2) == W) and (C == 1 or x.stride(1) == H * W)
 
 
 def conv1x1(x, weight, bias=None, residual=None):
@@ -37,7 +44,7 @@ def conv1x1(x, weight, bias=None, residual=None):
         y = F.conv2d(x, w.view(Co, Ci, 1, 1), bias)
         return y if residual is None else y + residual
     xv = x.reshape(B, Ci, H * W)
-    fuse_residual = residual is not None and residual.is_contiguous() and not torch.is_autocast_enabled("cpu")
+    fuse_residual = residual is not None and _batched_nchw(residual) and not torch.is_autocast_enabled("cpu")
     if fuse_residual:  # autocast would cast the residual stream down: add it separately then
         y = torch.baddbmm(residual.view(B, Co, H * W), w.expand(B, Co, Ci), xv)
         if bias is not None:
