@@ -161,11 +161,14 @@ class OSRA(nn.Module):
         heads, d = self.num_heads, C // self.num_heads
         # token-major projections (B, N, C): (B, heads, N, d) as the attention kernel reads it, with no copy
         # when heads == 1
-        q = pointwise.conv1x1_tokens(x, self.q.weight, self.q.bias).view(B, -1, heads, d).transpose(1, 2)
+        q = pointwise.conv1x1_tokens(x, self.q.weight, self.q.bias).reshape(B, -1, heads, d).transpose(1, 2)
         kv = reduce.reduce_keys(x, self.sr, self.local_conv, self.sr_ratio, backend=self.backend,
                                 centre_tap=getattr(self, "residual_tap", None))
-        k, v = pointwise.conv1x1_tokens(kv, self.kv.weight, self.kv.bias).view(B, -1, 2, heads, d).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        # k and v as two products (weight rows [:C] and [C:]): each comes out contiguous
+        wk, wv = self.kv.weight.chunk(2, dim=0)
+        bk, bv = (None, None) if self.kv.bias is None else self.kv.bias.chunk(2)
+        k = pointwise.conv1x1_tokens(kv, wk, bk).reshape(B, -1, heads, d).transpose(1, 2)
+        v = pointwise.conv1x1_tokens(kv, wv, bv).reshape(B, -1, heads, d).transpose(1, 2)
         N, M = q.shape[2], k.shape[2]
         if relative_pos_enc is not None and relative_pos_enc.shape[2:] != (N, M):
             relative_pos_enc = F.interpolate(relative_pos_enc, size=(N, M), mode="bicubic", align_corners=False)
@@ -202,10 +205,13 @@ class DMixer(nn.Module):
         B, _, H, W = x.shape
         x1, x2 = torch.chunk(x, chunks=2, dim=1)
         local = self.local_unit(x1)
-        attn = self.global_unit.attend(x2, relative_pos_enc)  # (B, heads, N, d)
-        heads, d = attn.shape[1], attn.shape[3]
-        # one copy merges the heads and concatenates: the attention output goes transposed into its channels
-        y = torch.cat([local.reshape(B, heads, d, H * W), attn.transpose(-1, -2)], dim=1).reshape(B, -1, H, W)
+        if isinstance(self.global_unit, OSRA):
+            attn = self.global_unit.attend(x2, relative_pos_enc)  # (B, heads, N, d)
+            heads, d = attn.shape[1], attn.shape[3]
+            # one copy merges the heads and concatenates: the attention output goes transposed into its channels
+            y = torch.cat([local.reshape(B, heads, d, H * W), attn.transpose(-1, -2)], dim=1).reshape(B, -1, H, W)
+        else:  # a unit swapped in by the user (e.g. an official Attention before transxnet_ops.convert)
+            y = torch.cat([local, self.global_unit(x2, relative_pos_enc)], dim=1)
         p = self.proj
         if all(pointwise.folds(p[i]) for i in (2, 5, 7)) and pointwise.is_conv1x1(p[3]) and pointwise.is_conv1x1(p[6]):
             # eval: the three BatchNorms are affine maps folded into the two 1x1 convs (and the layer scale)

@@ -46,15 +46,15 @@ def conv1x1(x, weight, bias=None, residual=None):
     xv = x.reshape(B, Ci, H * W)
     fuse_residual = residual is not None and _batched_nchw(residual) and not torch.is_autocast_enabled("cpu")
     if fuse_residual:  # autocast would cast the residual stream down: add it separately then
-        y = torch.baddbmm(residual.view(B, Co, H * W), w.expand(B, Co, Ci), xv)
+        y = torch.baddbmm(residual.reshape(B, Co, H * W), w.expand(B, Co, Ci), xv)
         if bias is not None:
             y = y + bias.view(1, Co, 1)
-        return y.view(B, Co, H, W)
+        return y.reshape(B, Co, H, W)
     if bias is None:
-        y = torch.matmul(w, xv)
+        y = torch.bmm(w.expand(B, Co, Ci), xv)  # bmm, not matmul: matmul's fold to mm relies on strides
     else:
         y = torch.baddbmm(bias.view(1, Co, 1), w.expand(B, Co, Ci), xv)
-    y = y.view(B, Co, H, W)
+    y = y.reshape(B, Co, H, W)
     return y if residual is None else y + residual
 
 
@@ -67,7 +67,7 @@ def conv1x1_tokens(x, weight, bias=None):
     if matmul_pays(x, Ci, Co):
         xt = x.reshape(B, Ci, H * W).transpose(1, 2)
         if bias is None:
-            return torch.matmul(xt, w.t())
+            return torch.bmm(xt, w.t().expand(B, Ci, Co))
         return torch.baddbmm(bias.view(1, 1, Co), xt, w.t().expand(B, Ci, Co))
     return F.conv2d(x, w.view(Co, Ci, 1, 1), bias).flatten(2).transpose(1, 2)
 
