@@ -1,5 +1,6 @@
-"""Triton OSRA attention kernels (transxnet_ops/triton/osra.py) called through their launchers: both paths (all keys
-in one tile for M <= SMALL_M_MAX, tiled above), forward and every gradient against the float64 reference with
+"""Triton OSRA attention kernels (transxnet_ops/triton/osra.py) called through their launchers: every path (one-tile
+forward up to SMALL_M_MAX keys, one-pass backward up to ONE_PASS_M_MAX keys and d <= ONE_PASS_D_MAX for 16-bit and
+fp64 inputs, tiled kernels otherwise), forward and every gradient against the float64 reference with
 NaN-poisoned outputs and workspaces, every bias form, the tensor layouts the model passes, forced chunkings (the
 dk/dv read-modify-write across query blocks, dbias over batch chunks), bitwise determinism, fp64 gradcheck, and a
 compile of every launch for sm_90 with the float arguments typed fp32 and fp64 (issue 8: inductor passes fp64).
@@ -20,12 +21,13 @@ pytestmark = pytest.mark.skipif("triton" not in transxnet_ops.available_backends
                                 reason="the Triton backend cannot run here")
 
 DTYPES = [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
-SMALL_M_MAX = 128  # mirrors osra.SMALL_M_MAX (asserted below)
+SMALL_M_MAX, ONE_PASS_M_MAX, ONE_PASS_D_MAX = 128, 64, 32  # mirror osra's cuts (asserted below)
 
 
 def _osra():
     from transxnet_ops.triton import osra
-    assert osra.SMALL_M_MAX == SMALL_M_MAX
+    assert (osra.SMALL_M_MAX, osra.ONE_PASS_M_MAX, osra.ONE_PASS_D_MAX) == (SMALL_M_MAX, ONE_PASS_M_MAX,
+                                                                           ONE_PASS_D_MAX)
     return osra
 
 
@@ -111,27 +113,34 @@ SHAPES = [(2, 1, 70, 49, 24), (1, 2, 33, 49, 28), (2, 2, 1, 5, 8), (1, 1, 9, 1, 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_forward_and_gradients_match_reference(shape, dtype):
+    """With 132 SMs assumed, these small shapes get the most programs: one query block per program and, on the
+    tiled path, dk/dv split over every query block (partials)."""
     plan = _check(shape, dtype)
-    assert plan.small == (shape[3] <= SMALL_M_MAX)
+    assert plan.one_pass == (shape[3] <= ONE_PASS_M_MAX and shape[4] <= ONE_PASS_D_MAX and dtype != torch.float32)
+
+
+# fp64 and fp16 take the one-pass backward at M <= 64 (fp32 the tiled kernels, for registers): both are covered.
+PATHS = [(21, torch.float64), (21, torch.float32), (150, torch.float32)]
+PATH_IDS = ["one-pass", "tiled-fp32", "tiled"]
 
 
 @pytest.mark.parametrize("bias_kind", ["1HNM", "B1NM", "BHNM", "11NM", None])
-@pytest.mark.parametrize("M", [21, 150], ids=lambda m: f"M{m}")
-def test_every_bias_form(bias_kind, M):
-    """grad_bias summed over the bias's broadcast batch/head dims, on both paths."""
-    _check((3, 2, 19, M, 16), torch.float32, bias_kind)
+@pytest.mark.parametrize("M,dtype", PATHS, ids=PATH_IDS)
+def test_every_bias_form(bias_kind, M, dtype):
+    """grad_bias summed over the bias's broadcast batch/head dims, on every path."""
+    _check((3, 2, 19, M, 16), dtype, bias_kind)
 
 
-@pytest.mark.parametrize("M", [21, 150], ids=lambda m: f"M{m}")
-def test_bias_without_grad(M):
-    _check((2, 2, 19, M, 16), torch.float32, "1HNM", bias_grad=False)
+@pytest.mark.parametrize("M,dtype", PATHS, ids=PATH_IDS)
+def test_bias_without_grad(M, dtype):
+    _check((2, 2, 19, M, 16), dtype, "1HNM", bias_grad=False)
 
 
 @pytest.mark.parametrize("layout", ["cols", "strided"])
-@pytest.mark.parametrize("M", [49, 130], ids=lambda m: f"M{m}")
-def test_layouts(layout, M):
+@pytest.mark.parametrize("M,dtype", PATHS, ids=PATH_IDS)
+def test_layouts(layout, M, dtype):
     """cols: q/k/v/grad_out as the model passes them (transposed views, read in place); strided: copied."""
-    _check((2, 2, 37, M, 24), torch.float32, "1HNM", layout)
+    _check((2, 2, 37, M, 24), dtype, "1HNM", layout)
 
 
 def test_expanded_grad_out():
@@ -156,25 +165,26 @@ def test_forced_chunks_small_path(query_chunk, batch_chunk, bias_kind):
         return plan._replace(query_chunk=query_chunk, batch_chunk=batch_chunk, kv_direct=False,
                              n_query_chunks=-(-(-(-N // plan.cfg["BLOCK_N"])) // query_chunk),
                              n_batch_chunks=-(-B // batch_chunk))
-    plan = _check((5, 2, 200, 11, 16), torch.float32, bias_kind, plan_edit=edit)
-    assert plan.small and osra.SMALL_M_MAX >= 11
+    plan = _check((5, 2, 200, 11, 16), torch.float64, bias_kind, plan_edit=edit)
+    assert plan.one_pass and osra.ONE_PASS_M_MAX >= 11
 
 
 def test_chunking_from_the_cost_model(monkeypatch):
     """With few SMs the model picks big chunks: the real plans take the multi-block and multi-batch branches."""
     osra = _osra()
     monkeypatch.setattr(osra, "_num_sms", lambda device: 1)
-    plan = _check((5, 1, 200, 11, 16), torch.float32, "1HNM")
+    plan = _check((5, 1, 200, 11, 16), torch.float16, "1HNM")
     assert plan.query_chunk > 1 and plan.batch_chunk > 1 and not plan.kv_direct
     plan = _check((5, 1, 150, 140, 16), torch.float32, "1HNM")
-    assert not plan.small and plan.n_query_chunks >= 1
+    assert not plan.one_pass and plan.batch_chunk > 1
 
 
-@pytest.mark.parametrize("M", [49, 150], ids=lambda m: f"M{m}")
-def test_bitwise_deterministic(monkeypatch, M):
+@pytest.mark.parametrize("M,dtype", [(49, torch.float16), (49, torch.float32), (150, torch.float32)],
+                         ids=["one-pass", "tiled-fp32", "tiled"])
+def test_bitwise_deterministic(monkeypatch, M, dtype):
     osra = _osra()
     monkeypatch.setattr(osra, "_num_sms", lambda device: 2)  # several partials per sum
-    q, k, v, bias, grad_out = _inputs(3, 2, 70, M, 24, torch.float32)
+    q, k, v, bias, grad_out = _inputs(3, 2, 70, M, 24, dtype)
     first = _run(q, k, v, bias, grad_out, 0.3)[2]
     for _ in range(2):
         again = _run(q, k, v, bias, grad_out, 0.3)[2]
@@ -265,8 +275,9 @@ def compile_launch(kernel, args, kwargs, float_type):
 
 
 failures, seen = 0, set()
-CASES = [((4, 2, 200, 49, 24), torch.bfloat16, (1, 2, 200, 49), False),   # small path, several query blocks
-         ((4, 2, 200, 49, 24), torch.float32, (4, 1, 200, 49), True),     # fp32 (tf32x3), per-batch bias, cols
+CASES = [((4, 2, 200, 49, 24), torch.bfloat16, (1, 2, 200, 49), False),   # one pass, several query blocks
+         ((4, 1, 200, 49, 24), torch.bfloat16, (1, 1, 200, 49), True),    # one pass, the model's layout
+         ((4, 2, 200, 49, 24), torch.float32, (4, 1, 200, 49), True),     # fp32 (tf32x3), per-batch bias
          ((4, 2, 40, 49, 28), torch.float16, None, False),                # one query block: dk/dv direct
          ((2, 2, 300, 200, 64), torch.bfloat16, (1, 2, 300, 200), False),  # tiled path
          ((2, 2, 300, 200, 64), torch.float32, (2, 2, 300, 200), True)]

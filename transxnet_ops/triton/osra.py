@@ -7,10 +7,11 @@ grad_bias has the bias's shape (summed over its broadcast dims), or is empty whe
 layout are read through their strides. Autograd is registered in transxnet_ops/ops.py.
 
 Kernels (_osra_kernels.py) and the regime each serves:
-  M <= SMALL_M_MAX: `_attn_fwd_small` (all keys in one tile, plain softmax) and the one-pass `_attn_bwd_small`,
-  whose fp32 partials (dk/dv per query chunk, dbias per batch chunk) `_sum_slots` reduces in a fixed order.
-  M > SMALL_M_MAX: `_attn_fwd_tiled` (online softmax), `_attn_bwd_dq_tiled` (+ delta), `_attn_bwd_dkdv_tiled`
-  and `_attn_bwd_dbias_tiled`, reduced the same way.
+  forward, M <= SMALL_M_MAX: `_attn_fwd_small` (all keys in one tile, plain softmax); above: `_attn_fwd_tiled`
+  (online softmax over key blocks).
+  backward, M <= ONE_PASS_M_MAX and d <= ONE_PASS_D_MAX (TransXNet): the one-pass `_attn_bwd_small`, whose fp32
+  partials (dk/dv per query chunk, dbias per batch chunk) `_sum_slots` reduces in a fixed order; above:
+  `_attn_bwd_dq_tiled` (+ delta), `_attn_bwd_dkdv_tiled` and `_attn_bwd_dbias_tiled`, reduced the same way.
 
 Work split. The one-pass backward trades parallelism against partial-sum traffic: a program covering (query
 chunk) x (batch chunk) writes one dbias partial per batch chunk (N * M fp32 per head) and one dk/dv partial per
@@ -31,7 +32,9 @@ from ._osra_kernels import (_attn_bwd_dbias_tiled, _attn_bwd_dkdv_tiled, _attn_b
                             _attn_fwd_small, _attn_fwd_tiled, _sum_slots)
 from ._register import kernel_op, launch
 
-SMALL_M_MAX = 128  # keys held in one tile: M <= 128 -> BLOCK_M <= 128 (TransXNet: 49 -> 64)
+SMALL_M_MAX = 128     # forward: every key in one tile up to here (TransXNet: M = 49 -> BLOCK_M = 64)
+ONE_PASS_M_MAX = 64   # backward: one pass up to here, with d <= ONE_PASS_D_MAX (register budget)
+ONE_PASS_D_MAX = 32
 MAX_HEAD_DIM = 256  # one tile spans the head dim
 _TILED_BLOCK_M = 64
 _REDUCE_BLOCK = 1024
@@ -79,14 +82,36 @@ def _pick_split(options, sms):
     return min(options, key=cost)[2]
 
 
-def _blocks(M, D):
-    """Tile sizes and warps. BLOCK_N rows of queries per step; BLOCK_M covers every key on the small path."""
+def _tiles(M, D, one_tile):
+    """BLOCK_N query rows per step; BLOCK_M covers every key (one_tile) or 64 of them; BLOCK_D the head dim."""
     block_d = max(16, _pow2_ceil(D, MAX_HEAD_DIM))
-    small = M <= SMALL_M_MAX
-    block_m = max(16, _pow2_ceil(M, SMALL_M_MAX)) if small else _TILED_BLOCK_M
+    block_m = max(16, _pow2_ceil(M, SMALL_M_MAX)) if one_tile else _TILED_BLOCK_M
     block_n = 64 if block_m * block_d <= 64 * 64 else 32
-    num_warps = 4 if block_d <= 64 else 8
-    return small, dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+    return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d)
+
+
+def _launch_options(kernel, dtype, D, cols=False):
+    """Warps and pipeline stages per kernel: the spill-free choices of the sm_90 register study (fp32 runs tf32x3,
+    whose split operands need twice the registers; d > 64 needs 8 warps)."""
+    fp32, wide = dtype == torch.float32, D > 64
+    if kernel in ("fwd", "dq"):
+        return dict(num_warps=8 if wide else 4, num_stages=2 if fp32 else 3)
+    if kernel == "one_pass":  # column-major q/dO spill in the inner loop with deeper pipelining
+        return dict(num_warps=4, num_stages=1 if cols else 3)
+    return dict(num_warps=8 if fp32 or wide else 4, num_stages=3)  # dkdv, dbias
+
+
+def _forward_config(M, D):
+    small = M <= SMALL_M_MAX
+    return small, _tiles(M, D, small)
+
+
+def _backward_config(M, D, dtype):
+    """The one-pass kernel keeps S, P, dS, the dbias sum and the bias tile (64 x BLOCK_M each) in registers: with
+    BLOCK_M <= 64, d <= 32 and 16-bit inputs (TransXNet) it fits 255 registers; larger key sets or heads, and fp32
+    (tf32x3 operands), take the tiled kernels. fp64 (interpreter, gradcheck) follows the 16-bit choice."""
+    one_pass = M <= ONE_PASS_M_MAX and D <= ONE_PASS_D_MAX and dtype != torch.float32
+    return one_pass, _tiles(M, D, one_pass)
 
 
 def _split_scale(scale):
@@ -103,16 +128,24 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _dense_slices(t):
-    """(t, cols): t itself when each (b, h) slice is dense row-major (cols=False) or column-major (cols=True, the
-    model's transposed views), else a contiguous copy. Size-1 dims do not constrain the layout."""
+def _slice_layout(t):
+    """"rows" when each (b, h) slice is dense row-major, "cols" when dense column-major (the model's transposed
+    views), else None. Size-1 dims do not constrain the layout."""
     _, _, R, C = t.shape
     s_r, s_c = t.stride(2), t.stride(3)
     if (C == 1 or s_c == 1) and (R == 1 or s_r == C):
-        return t, False
+        return "rows"
     if (R == 1 or s_r == 1) and (C == 1 or s_c == R):
-        return t, True
-    return t.contiguous(), False
+        return "cols"
+    return None
+
+
+def _dense_slices(t):
+    """(t, cols): t itself when its slices are row- or column-major (cols), else a contiguous copy."""
+    layout = _slice_layout(t)
+    if layout is None:
+        return t.contiguous(), False
+    return t, layout == "cols"
 
 
 def _bias_slices(bias):
@@ -188,12 +221,13 @@ def launch_forward(q, k, v, bias, scale, out, lse):
     """out, lse <- attention of q, k, v (+ bias); every element of out and lse written."""
     B, H, N, D = q.shape
     M = k.shape[2]
-    small, cfg = _blocks(M, D)
+    small, cfg = _forward_config(M, D)
     ops = _operands(N, M, q=q, k=k, v=v)
     bias = _bias_slices(bias)
     args = (ops.t["q"], ops.t["k"], ops.t["v"], bias if bias is not None else q, out, lse,  # q: stand-in bias
             *ops.args["q"], *ops.args["k"], *ops.args["v"], *_bh_strides(bias))
-    meta = dict(HAS_BIAS=bias is not None, **ops.meta(D), **_dtype_flags(q.dtype), **cfg)
+    meta = dict(HAS_BIAS=bias is not None, **ops.meta(D), **_dtype_flags(q.dtype), **cfg,
+                **_launch_options("fwd", q.dtype, D))
     n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
     if small:
         chunk = _forward_batch_chunk(B, H, N, M, cfg, bias, q.element_size(), _num_sms(q.device))
@@ -205,10 +239,10 @@ def launch_forward(q, k, v, bias, scale, out, lse):
 
 # ---------------------------------------------------------------------------------------------------- backward
 class BackwardPlan(NamedTuple):
-    small: bool
+    one_pass: bool     # the one-pass kernel (else the tiled ones)
     cfg: dict
-    query_chunk: int   # small: query blocks per program; tiled: query blocks per dk/dv split
-    batch_chunk: int   # batches per program (small), per dbias program (tiled)
+    query_chunk: int   # one pass: query blocks per program; tiled: query blocks per dk/dv split
+    batch_chunk: int   # batches per program (one pass), per dbias program (tiled)
     kv_direct: bool    # dk/dv written by the main kernel (no partials)
     n_query_chunks: object  # int or SymInt
     n_batch_chunks: object
@@ -217,7 +251,7 @@ class BackwardPlan(NamedTuple):
 def backward_plan(q, k, bias, bias_requires_grad):
     B, H, N, D = q.shape
     M = k.shape[2]
-    small, cfg = _blocks(M, D)
+    one_pass, cfg = _backward_config(M, D, q.dtype)
     sms = _num_sms(q.device)
     bias_grad = bias is not None and bias_requires_grad
     chunk_bias = bias_grad and not _bias_per_batch(bias)  # dbias partial per batch chunk (else per b)
@@ -226,9 +260,9 @@ def backward_plan(q, k, bias, bias_requires_grad):
     n_blocks_ = -(-N_ // cfg["BLOCK_N"])
     kv_bytes = 2 * 2 * 4 * B_ * H_ * M_ * D_  # one dk/dv fp32 partial, written and read
     bias_bytes = 2 * 4 * H_ * N_ * M_          # one dbias fp32 partial, written and read
-    if small:
+    if one_pass:
         kv_direct = N <= cfg["BLOCK_N"]
-        useful = B_ * H_ * N_ * (4 * D_ * elem + 4)  # q, out, dO read, dq written, lse
+        useful = B_ * H_ * N_ * (3 * D_ * elem + 4)  # q, dO read, dq written, lse
         options = []
         for per_chunk in _chunk_sizes(n_blocks_):
             n_q = -(-n_blocks_ // per_chunk)
@@ -253,7 +287,7 @@ def backward_plan(q, k, bias, bias_requires_grad):
             options.append((programs, reads + (n_b * bias_bytes if chunk_bias else 0), chunk))
         batch_chunk = _pick_split(options, sms) if chunk_bias else 1
     n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
-    return BackwardPlan(small, cfg, query_chunk, batch_chunk, kv_direct,
+    return BackwardPlan(one_pass, cfg, query_chunk, batch_chunk, kv_direct,
                         triton.cdiv(n_blocks, query_chunk), triton.cdiv(B, batch_chunk))
 
 
@@ -269,7 +303,7 @@ def backward_workspace(plan, q, k, bias, bias_requires_grad):
     if bias is not None and bias_requires_grad:
         slots = B if _bias_per_batch(bias) else plan.n_batch_chunks
         ws["dbias"] = q.new_empty((slots, H, N, M), dtype=acc)
-    if not plan.small:
+    if not plan.one_pass:
         ws["delta"] = q.new_empty((B, H, N), dtype=acc)
     return ws
 
@@ -302,7 +336,7 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
     B, H, N, D = q.shape
     M = k.shape[2]
     cfg = plan.cfg
-    named = dict(q=q, k=k, v=v, do=grad_out) if plan.small else dict(q=q, k=k, v=v, do=grad_out, o=out)
+    named = dict(q=q, k=k, v=v, do=grad_out) if plan.one_pass else dict(q=q, k=k, v=v, do=grad_out, o=out)
     ops = _operands(N, M, **named)
     t, st = ops.t, ops.args
     bias = _bias_slices(bias)
@@ -315,30 +349,35 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
     qkv = (*st["q"], *st["k"], *st["v"])
     scales = (*ops.lds, *_split_scale(scale))
     meta = dict(**ops.meta(D), **_dtype_flags(q.dtype), **cfg)
-    if plan.small:
+
+    def options(kernel):
+        return _launch_options(kernel, q.dtype, D, ops.cols["q"])
+
+    if plan.one_pass:
         launch(_attn_bwd_small)[(plan.n_query_chunks, H, plan.n_batch_chunks)](
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, grad_q, dk, dv, dbias,
             *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales, plan.batch_chunk, plan.query_chunk,
             HAS_BIAS=bias is not None, BIAS_GRAD=bias_grad, BIAS_PER_BATCH=per_batch, KV_DIRECT=plan.kv_direct,
-            **meta)
+            **meta, **options("one_pass"))
     else:
         n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
         n_key_blocks = triton.cdiv(M, cfg["BLOCK_M"])
         delta = ws["delta"]
         launch(_attn_bwd_dq_tiled)[(n_blocks, H, B)](
             t["q"], t["k"], t["v"], bias_arg, t["o"], t["do"], lse, grad_q, delta,
-            *qkv, *st["o"], *st["do"], *_bh_strides(bias), H, N, M, *scales, HAS_BIAS=bias is not None, **meta)
+            *qkv, *st["o"], *st["do"], *_bh_strides(bias), H, N, M, *scales, HAS_BIAS=bias is not None, **meta,
+            **options("dq"))
         meta.pop("O_COLS")
         launch(_attn_bwd_dkdv_tiled)[(n_key_blocks, H, B * plan.n_query_chunks)](
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, delta, dk, dv,
             *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales, plan.query_chunk,
-            HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **meta)
+            HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **meta, **options("dkdv"))
         if bias_grad:
             n_chunks = B if per_batch else plan.n_batch_chunks
             launch(_attn_bwd_dbias_tiled)[(n_blocks * n_key_blocks, H, n_chunks)](
                 t["q"], t["k"], t["v"], bias, t["do"], lse, delta, dbias,
                 *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales,
-                1 if per_batch else plan.batch_chunk, BIAS_PER_BATCH=per_batch, **meta)
+                1 if per_batch else plan.batch_chunk, BIAS_PER_BATCH=per_batch, **meta, **options("dbias"))
     if not plan.kv_direct:
         _launch_sum(ws["dk"], grad_k, 1, plan.n_query_chunks, B * H * M * D, 0, ws["dv"], grad_v)
     if bias_grad:
