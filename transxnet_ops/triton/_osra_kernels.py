@@ -295,13 +295,13 @@ def _attn_fwd_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr,
                     Q_COLS: tl.constexpr, K_COLS: tl.constexpr, V_COLS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program = (query block, head, batch): online softmax over key blocks."""
+    """Program = (batch, query block, head): online softmax over key blocks."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     n_ld, m_ld = N_LD * VEC, M_LD * VEC  # column-major leading dims (N, M), alignment known
     qk_scale = _scale(scale, scale_lo, IS_FP64) * LOG2E
-    h = tl.cast(tl.program_id(1), tl.int64)
-    b = tl.cast(tl.program_id(2), tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.cast(tl.program_id(0), tl.int64)  # batch fastest: programs running together share the bias tiles
+    h = tl.cast(tl.program_id(2), tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok, d_ok = offs_n < N, offs_d < D
     q_mask = n_ok[:, None] & d_ok[None, :]
@@ -346,16 +346,16 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
                        O_COLS: tl.constexpr, DO_COLS: tl.constexpr,
                        HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program = (query block, head, batch): dq over all key blocks; also writes delta = rowsum(dO O) (B, H, N)
+    """Program = (batch, query block, head): dq over all key blocks; also writes delta = rowsum(dO O) (B, H, N)
     for the dk/dv and dbias kernels."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     n_ld, m_ld = N_LD * VEC, M_LD * VEC  # column-major leading dims (N, M), alignment known
     sm_scale = _scale(scale, scale_lo, IS_FP64)
     qk_scale = sm_scale * LOG2E
-    h = tl.cast(tl.program_id(1), tl.int64)
-    b = tl.cast(tl.program_id(2), tl.int64)
+    b = tl.cast(tl.program_id(0), tl.int64)  # batch fastest: programs running together share the bias tiles
+    h = tl.cast(tl.program_id(2), tl.int64)
     bh = b * H + h
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok, d_ok = offs_n < N, offs_d < D
     q_mask = n_ok[:, None] & d_ok[None, :]
@@ -398,18 +398,17 @@ def _attn_bwd_dkdv_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_p
                          DO_COLS: tl.constexpr, HAS_BIAS: tl.constexpr, KV_DIRECT: tl.constexpr,
                          IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program = (key block, head, batch * query split): dk, dv of the key block summed over the split's query
+    """Program = (query split * batch, key block, head): dk, dv of the key block summed over the split's query
     blocks in registers; written to the outputs (KV_DIRECT: one split) or to fp32 partials (splits, B, H, M, D)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     n_ld, m_ld = N_LD * VEC, M_LD * VEC  # column-major leading dims (N, M), alignment known
     sm_scale = _scale(scale, scale_lo, IS_FP64)
     qk_scale = sm_scale * LOG2E
-    h = tl.cast(tl.program_id(1), tl.int64)
-    n_splits = tl.cdiv(tl.cdiv(N, BLOCK_N), blocks_per_split)
-    b = tl.cast(tl.program_id(2) // n_splits, tl.int64)
-    split = tl.program_id(2) % n_splits
+    b = tl.cast(tl.program_id(0) % B, tl.int64)  # batch fastest: programs running together share the bias tiles
+    split = tl.program_id(0) // B
+    h = tl.cast(tl.program_id(2), tl.int64)
     bh = b * H + h
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok, d_ok = offs_m < M, offs_d < D
     kv_mask = m_ok[:, None] & d_ok[None, :]

@@ -98,6 +98,8 @@ def _launch_options(kernel, dtype, D, cols=False):
         return dict(num_warps=8 if wide else 4, num_stages=2 if fp32 else 3)
     if kernel == "one_pass":  # column-major q/dO spill in the inner loop with deeper pipelining
         return dict(num_warps=4, num_stages=1 if cols else 3)
+    if kernel == "dkdv" and fp32:  # p^T and dS^T are the A operands: split in two for tf32x3, keep them short
+        return dict(BLOCK_N=16, num_warps=4, num_stages=1)
     return dict(num_warps=8 if fp32 or wide else 4, num_stages=3)  # dkdv, dbias
 
 
@@ -234,7 +236,7 @@ def launch_forward(q, k, v, bias, scale, out, lse):
         launch(_attn_fwd_small)[(n_blocks, H, triton.cdiv(B, chunk))](
             *args, B, H, N, M, *ops.lds, *_split_scale(scale), chunk, BIAS_PER_BATCH=_bias_per_batch(bias), **meta)
     else:
-        launch(_attn_fwd_tiled)[(n_blocks, H, B)](*args, H, N, M, *ops.lds, *_split_scale(scale), **meta)
+        launch(_attn_fwd_tiled)[(B, n_blocks, H)](*args, H, N, M, *ops.lds, *_split_scale(scale), **meta)
 
 
 # ---------------------------------------------------------------------------------------------------- backward
@@ -268,27 +270,35 @@ def backward_plan(q, k, bias, bias_requires_grad):
             n_q = -(-n_blocks_ // per_chunk)
             for chunk in _chunk_sizes(B_):
                 n_b = -(-B_ // chunk)
-                nbytes = useful + (0 if kv_direct else n_q * kv_bytes) + (n_b * bias_bytes if chunk_bias else 0)
+                partial_bias = chunk_bias and not (n_b == 1 and bias.shape[1] == H)  # else written directly
+                nbytes = useful + (0 if kv_direct else n_q * kv_bytes) + (n_b * bias_bytes if partial_bias else 0)
                 options.append((n_q * H_ * n_b, nbytes, (per_chunk, chunk)))
         query_chunk, batch_chunk = _pick_split(options, sms)
     else:
         n_key_blocks_ = -(-M_ // cfg["BLOCK_M"])
         reads = n_key_blocks_ * B_ * H_ * N_ * 2 * D_ * elem  # q and dO, once per key block
+        kv_block_n = _launch_options("dkdv", q.dtype, D).get("BLOCK_N", cfg["BLOCK_N"])  # splits in its blocks
+        kv_blocks_ = -(-N_ // kv_block_n)
         options = []
-        for per_split in _chunk_sizes(n_blocks_):
-            n_q = -(-n_blocks_ // per_split)
+        for per_split in _chunk_sizes(kv_blocks_):
+            n_q = -(-kv_blocks_ // per_split)
             options.append((n_key_blocks_ * H_ * B_ * n_q, reads + (n_q * kv_bytes if n_q > 1 else 0), per_split))
         query_chunk = _pick_split(options, sms)
-        kv_direct = N <= query_chunk * cfg["BLOCK_N"]
+        kv_direct = N <= query_chunk * kv_block_n
         options = []
         for chunk in _chunk_sizes(B_):
             n_b = -(-B_ // chunk)
             programs = n_blocks_ * n_key_blocks_ * H_ * n_b
             options.append((programs, reads + (n_b * bias_bytes if chunk_bias else 0), chunk))
         batch_chunk = _pick_split(options, sms) if chunk_bias else 1
-    n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
+    split_blocks = triton.cdiv(N, cfg["BLOCK_N"] if one_pass else kv_block_n)
     return BackwardPlan(one_pass, cfg, query_chunk, batch_chunk, kv_direct,
-                        triton.cdiv(n_blocks, query_chunk), triton.cdiv(B, batch_chunk))
+                        triton.cdiv(split_blocks, query_chunk), triton.cdiv(B, batch_chunk))
+
+
+def _dbias_direct(plan, bias, H):
+    """grad_bias needs no reduction (one slot per output slice): the kernels write it, without partials."""
+    return (_bias_per_batch(bias) or plan.n_batch_chunks == 1) and bias.shape[1] == H
 
 
 def backward_workspace(plan, q, k, bias, bias_requires_grad):
@@ -300,7 +310,7 @@ def backward_workspace(plan, q, k, bias, bias_requires_grad):
     if not plan.kv_direct:
         ws["dk"] = q.new_empty((plan.n_query_chunks, B, H, M, D), dtype=acc)
         ws["dv"] = q.new_empty((plan.n_query_chunks, B, H, M, D), dtype=acc)
-    if bias is not None and bias_requires_grad:
+    if bias is not None and bias_requires_grad and not _dbias_direct(plan, bias, H):
         slots = B if _bias_per_batch(bias) else plan.n_batch_chunks
         ws["dbias"] = q.new_empty((slots, H, N, M), dtype=acc)
     if not plan.one_pass:
@@ -344,7 +354,8 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
     bias_grad = grad_bias is not None
     per_batch = _bias_per_batch(bias)
     dk, dv = (grad_k, grad_v) if plan.kv_direct else (ws["dk"], ws["dv"])
-    dbias = ws["dbias"] if bias_grad else q
+    dbias_direct = bias_grad and _dbias_direct(plan, bias, H)
+    dbias = grad_bias if dbias_direct else ws["dbias"] if bias_grad else q
     bias_arg = bias if bias is not None else q
     qkv = (*st["q"], *st["k"], *st["v"])
     scales = (*ops.lds, *_split_scale(scale))
@@ -363,15 +374,15 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
         n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
         n_key_blocks = triton.cdiv(M, cfg["BLOCK_M"])
         delta = ws["delta"]
-        launch(_attn_bwd_dq_tiled)[(n_blocks, H, B)](
+        launch(_attn_bwd_dq_tiled)[(B, n_blocks, H)](
             t["q"], t["k"], t["v"], bias_arg, t["o"], t["do"], lse, grad_q, delta,
             *qkv, *st["o"], *st["do"], *_bh_strides(bias), H, N, M, *scales, HAS_BIAS=bias is not None, **meta,
             **options("dq"))
         meta.pop("O_COLS")
-        launch(_attn_bwd_dkdv_tiled)[(n_key_blocks, H, B * plan.n_query_chunks)](
+        launch(_attn_bwd_dkdv_tiled)[(B * plan.n_query_chunks, n_key_blocks, H)](
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, delta, dk, dv,
             *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales, plan.query_chunk,
-            HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **meta, **options("dkdv"))
+            HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **{**meta, **options("dkdv")})
         if bias_grad:
             n_chunks = B if per_batch else plan.n_batch_chunks
             launch(_attn_bwd_dbias_tiled)[(n_blocks * n_key_blocks, H, n_chunks)](
@@ -380,7 +391,7 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
                 1 if per_batch else plan.batch_chunk, BIAS_PER_BATCH=per_batch, **meta, **options("dbias"))
     if not plan.kv_direct:
         _launch_sum(ws["dk"], grad_k, 1, plan.n_query_chunks, B * H * M * D, 0, ws["dv"], grad_v)
-    if bias_grad:
+    if bias_grad and not dbias_direct:
         _reduce_grad_bias(ws["dbias"], grad_bias, B, H, N, M)
 
 
