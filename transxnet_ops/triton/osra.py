@@ -91,21 +91,30 @@ def _tiles(M, D, one_tile):
 
 
 def _launch_options(kernel, dtype, D, cols=False):
-    """Warps and pipeline stages per kernel: the spill-free choices of the sm_90 register study (fp32 runs tf32x3,
-    whose split operands need twice the registers; d > 64 needs 8 warps)."""
+    """Warps, pipeline stages and (where it differs) query rows per step, per kernel: the spill-free choices of
+    the sm_90 register study. fp32 runs tf32x3, whose split operands take twice the registers: shorter steps."""
     fp32, wide = dtype == torch.float32, D > 64
-    if kernel in ("fwd", "dq"):
-        return dict(num_warps=8 if wide else 4, num_stages=2 if fp32 else 3)
     if kernel == "one_pass":  # column-major q/dO spill in the inner loop with deeper pipelining
         return dict(num_warps=4, num_stages=1 if cols else 3)
+    if fp32 and D > 32:
+        return {"fwd": dict(BLOCK_N=16, num_warps=4, num_stages=1),
+                "dq": dict(BLOCK_N=32, num_warps=8, num_stages=1),
+                "dkdv": dict(BLOCK_N=16, num_warps=4, num_stages=1),
+                "dbias": dict(BLOCK_N=64 if wide else 32, num_warps=8, num_stages=1)}[kernel]
+    if kernel in ("fwd", "dq"):
+        return dict(num_warps=8 if wide else 4, num_stages=2 if fp32 else 3)
     if kernel == "dkdv" and fp32:  # p^T and dS^T are the A operands: split in two for tf32x3, keep them short
         return dict(BLOCK_N=16, num_warps=4, num_stages=1)
     return dict(num_warps=8 if fp32 or wide else 4, num_stages=3)  # dkdv, dbias
 
 
-def _forward_config(M, D):
-    small = M <= SMALL_M_MAX
-    return small, _tiles(M, D, small)
+def _forward_config(M, D, dtype):
+    """All keys in one tile while the (BLOCK_M x BLOCK_D) K and V tiles fit the register budget alongside the
+    scores (halved for fp32, whose tf32x3 operands are split in two); online softmax over key blocks above."""
+    one_tile = _tiles(M, D, True)
+    budget = 64 * 32 if dtype == torch.float32 else 128 * 32
+    small = M <= SMALL_M_MAX and one_tile["BLOCK_M"] * one_tile["BLOCK_D"] <= budget
+    return small, one_tile if small else _tiles(M, D, False)
 
 
 def _backward_config(M, D, dtype):
@@ -223,13 +232,13 @@ def launch_forward(q, k, v, bias, scale, out, lse):
     """out, lse <- attention of q, k, v (+ bias); every element of out and lse written."""
     B, H, N, D = q.shape
     M = k.shape[2]
-    small, cfg = _forward_config(M, D)
+    small, cfg = _forward_config(M, D, q.dtype)
+    cfg = {**cfg, **_launch_options("fwd", q.dtype, D)}
     ops = _operands(N, M, q=q, k=k, v=v)
     bias = _bias_slices(bias)
     args = (ops.t["q"], ops.t["k"], ops.t["v"], bias if bias is not None else q, out, lse,  # q: stand-in bias
             *ops.args["q"], *ops.args["k"], *ops.args["v"], *_bh_strides(bias))
-    meta = dict(HAS_BIAS=bias is not None, **ops.meta(D), **_dtype_flags(q.dtype), **cfg,
-                **_launch_options("fwd", q.dtype, D))
+    meta = dict(HAS_BIAS=bias is not None, **ops.meta(D), **_dtype_flags(q.dtype), **cfg)
     n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
     if small:
         chunk = _forward_batch_chunk(B, H, N, M, cfg, bias, q.element_size(), _num_sms(q.device))
@@ -369,15 +378,14 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, grad_q, dk, dv, dbias,
             *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales, plan.batch_chunk, plan.query_chunk,
             HAS_BIAS=bias is not None, BIAS_GRAD=bias_grad, BIAS_PER_BATCH=per_batch, KV_DIRECT=plan.kv_direct,
-            **meta, **options("one_pass"))
+            **{**meta, **options("one_pass")})
     else:
-        n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
         n_key_blocks = triton.cdiv(M, cfg["BLOCK_M"])
         delta = ws["delta"]
-        launch(_attn_bwd_dq_tiled)[(B, n_blocks, H)](
+        dq_meta = {**meta, **options("dq")}
+        launch(_attn_bwd_dq_tiled)[(B, triton.cdiv(N, dq_meta["BLOCK_N"]), H)](
             t["q"], t["k"], t["v"], bias_arg, t["o"], t["do"], lse, grad_q, delta,
-            *qkv, *st["o"], *st["do"], *_bh_strides(bias), H, N, M, *scales, HAS_BIAS=bias is not None, **meta,
-            **options("dq"))
+            *qkv, *st["o"], *st["do"], *_bh_strides(bias), H, N, M, *scales, HAS_BIAS=bias is not None, **dq_meta)
         meta.pop("O_COLS")
         launch(_attn_bwd_dkdv_tiled)[(B * plan.n_query_chunks, n_key_blocks, H)](
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, delta, dk, dv,
@@ -385,10 +393,11 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
             HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **{**meta, **options("dkdv")})
         if bias_grad:
             n_chunks = B if per_batch else plan.n_batch_chunks
-            launch(_attn_bwd_dbias_tiled)[(n_blocks * n_key_blocks, H, n_chunks)](
+            db_meta = {**meta, **options("dbias")}
+            launch(_attn_bwd_dbias_tiled)[(triton.cdiv(N, db_meta["BLOCK_N"]) * n_key_blocks, H, n_chunks)](
                 t["q"], t["k"], t["v"], bias, t["do"], lse, delta, dbias,
                 *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales,
-                1 if per_batch else plan.batch_chunk, BIAS_PER_BATCH=per_batch, **meta, **options("dbias"))
+                1 if per_batch else plan.batch_chunk, BIAS_PER_BATCH=per_batch, **db_meta)
     if not plan.kv_direct:
         _launch_sum(ws["dk"], grad_k, 1, plan.n_query_chunks, B * H * M * D, 0, ws["dv"], grad_v)
     if bias_grad and not dbias_direct:
