@@ -1,8 +1,12 @@
 // Helpers for the CUDA bindings (.cpp files that include torch and call the .cu launchers).
 #pragma once
 #include <ATen/ATen.h>
+#ifdef TXN_CUDA_EMU  // CPU test emulator (tests/cuda_emu): fake current stream, no-op device guard
+#include "txn_emu/binding.h"
+#else
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include "cuda_dtype.h"
 

@@ -8,6 +8,14 @@
 
 #include "cuda_dtype.h"
 
+// Dynamic shared memory of a kernel, as a T*: use this macro (the CPU test emulator, tests/cuda_emu, defines its
+// own version) rather than writing `extern __shared__` declarations by hand.
+#ifndef TXN_DYNAMIC_SMEM
+#define TXN_DYNAMIC_SMEM(T, name)                                \
+  extern __shared__ __align__(16) unsigned char txn_smem_raw[]; \
+  T* name = reinterpret_cast<T*>(txn_smem_raw)
+#endif
+
 namespace transxnet_ops {
 
 __device__ __forceinline__ float to_float(float v) { return v; }

@@ -45,6 +45,15 @@ def test_osra_attention_fullgraph(backend, device):
     _check_compiled(fn, attn_inputs(device), "aot_eager")
 
 
+@pytest.mark.parametrize("backend,device", PAIRS)
+def test_multiscale_dwconv2d_fullgraph(backend, device):
+    x = torch.randn(2, 7, 6, 5, device=device, requires_grad=True)
+    ws = [torch.randn(c, 1, k, k, device=device, requires_grad=True) for c, k in [(3, 1), (2, 3), (2, 5)]]
+    bs = [torch.randn(c, device=device, requires_grad=True) for c in (3, 2, 2)]
+    fn = lambda x, *p: transxnet_ops.multiscale_dwconv2d(x, p[:3], p[3:], backend=backend).tanh()  # noqa: E731
+    _check_compiled(fn, [x, *ws, *bs], "aot_eager")
+
+
 @pytest.mark.skipif("cpu" not in transxnet_ops.available_backends("cpu"), reason="extension not built")
 def test_inductor_with_cpu_kernels():
     """Full inductor codegen around the C++ ops (one case: inductor compiles C++ and is slow on 2 cores)."""

@@ -21,3 +21,13 @@ def test_channels_last_float32_and_gradient():
     assert rel_err(pooled, F.adaptive_avg_pool2d(x, 7)) < 1e-6
     assert torch.autograd.gradcheck(lambda t: pool_and_mean(t, 3), (torch.randn(1, 2, 5, 4, dtype=torch.float64,
                                                                                requires_grad=True),))
+
+
+def test_matrix_cached_in_inference_mode_serves_autograd_later():
+    """The eager cache must hold normal tensors: built first under inference_mode, then used with autograd."""
+    with torch.inference_mode():
+        pool_and_mean(torch.randn(1, 2, 23, 19), 5)
+    x = torch.randn(1, 2, 23, 19, requires_grad=True)
+    pooled, mean = pool_and_mean(x, 5)
+    (pooled.sum() + mean.sum()).backward()
+    assert rel_err(x.grad, torch.autograd.grad(F.adaptive_avg_pool2d(x, 5).sum() + x.mean((2, 3)).sum(), x)[0]) < 1e-6

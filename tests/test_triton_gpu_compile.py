@@ -17,15 +17,22 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from transxnet_ops.triton import _idconv_kernels as ik
+from transxnet_ops.triton import _depthwise_kernels as dk
 
-FP32_ARGS = {"lse_ptr", "delta_ptr", "partial_ptr"}
+FP32_ARGS = {"lse_ptr", "delta_ptr", "partial_ptr", "part_ptr"}
 
 # The attention kernels are compiled as launched (recorded launches, fp32 and fp64 scalars) in test_triton_osra.py.
 KERNELS = {
-    "idconv_fwd": (ik._idconv_fwd, lambda fp32: dict(K=7, FLIP=False, HAS_BIAS=True, IS_FP64=False,
-                                                     BLOCK_H=16, BLOCK_W=64)),
-    "idconv_bwd_dw": (ik._idconv_bwd_dw, lambda fp32: dict(K=7, IS_FP64=False, BLOCK_H=16, BLOCK_W=64)),
+    # depthwise family (IDConv and dwconv2d): two register-window segments in one launch, the direct path (large K)
+    "dw_fwd": (dk._dw_fwd, lambda fp32: dict(K0=5, K1=3, K2=1, K3=1, NSEG=2, E=2, PER_SAMPLE=False, HAS_BIAS=True,
+                                             IS_FP64=False, BLOCK_P=4, LANES=8)),
+    "dw_bwd": (dk._dw_bwd, lambda fp32: dict(K0=5, K1=3, K2=1, K3=1, NSEG=2, E=2, PER_SAMPLE=False, IS_FP64=False,
+                                             BLOCK_P=4, LANES=8)),
+    "dw_reduce_partials": (dk._dw_reduce_partials, lambda fp32: dict(HAS_GB=True, IS_FP64=False, BLOCK=256)),
+    "dw_fwd_direct": (dk._dw_fwd_direct, lambda fp32: dict(K=11, FLIP=True, PER_SAMPLE=True, HAS_BIAS=False,
+                                                           IS_FP64=False, BLOCK_H=8, BLOCK_W=32)),
+    "dw_wgrad_direct": (dk._dw_wgrad_direct, lambda fp32: dict(K=11, PER_SAMPLE=False, IS_FP64=False, BLOCK_H=8,
+                                                               BLOCK_W=32)),
 }
 
 def signature(fn, constexprs, dtype):
@@ -65,4 +72,4 @@ def test_all_kernels_compile_for_gpu(arch):
     run = subprocess.run([sys.executable, "-c", COMPILE_ALL, str(arch)], env=env, cwd=root, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok ") == 6, run.stdout
+    assert run.stdout.count("ok ") == 15, run.stdout  # 5 kernels x 3 dtypes

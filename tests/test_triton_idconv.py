@@ -1,5 +1,6 @@
-"""Triton IDConv kernels (transxnet_ops/triton/idconv.py) called directly: every output element written,
-tiling edges, K up to 15, float64 gradcheck, determinism, empty inputs, opcheck and torch.compile.
+"""Triton IDConv kernels (transxnet_ops/triton/idconv.py over the depthwise family of _depthwise_kernels.py)
+called directly: every output element written, column tiles and thread column runs, both paths (register window
+K <= 9, direct K > 9), float64 gradcheck, determinism, empty inputs, opcheck and torch.compile.
 On a machine without a GPU they run in the Triton interpreter (conftest sets TRITON_INTERPRET=1): small shapes."""
 import pytest
 import torch
@@ -15,10 +16,12 @@ pytestmark = pytest.mark.skipif("triton" not in transxnet_ops.available_backends
 # The interpreter uses numpy: no bfloat16 there.
 DTYPES = [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
 
-# (B, C, H, W, K): K = 1..15; H or W < K; B = 1, C = 1; H != W; odd sizes; several tiles per plane (37 x 70
-# with 16 x 64 tiles: 3 x 2 tiles, ragged in both directions).
-SHAPES = [(2, 3, 5, 6, 3), (1, 1, 1, 1, 1), (1, 1, 2, 3, 7), (2, 1, 4, 9, 5), (1, 2, 9, 4, 13),
-          (1, 1, 37, 70, 3), (1, 1, 3, 5, 15)]
+# (B, C, H, W, K): K = 1..15 (9 is the largest register-window K, 11-15 take the direct path); H or W < K;
+# B = 1, C = 1; H != W; C not a multiple of the 4 planes per program at W <= 8; W = 9: two columns per thread;
+# W = 70: 16 lanes x 5 columns, ragged; W = 150 at K = 7: two 128-column row segments in backward; W = 260: two
+# 256-column segments; 18 x 13: two 16 x 16 direct tiles, ragged.
+SHAPES = [(2, 3, 5, 6, 3), (1, 1, 1, 1, 1), (1, 1, 2, 3, 7), (2, 5, 4, 9, 5), (1, 2, 6, 5, 9), (1, 2, 9, 4, 13),
+          (1, 1, 37, 70, 3), (1, 1, 2, 150, 7), (1, 1, 1, 260, 3), (1, 1, 3, 5, 15), (1, 1, 18, 13, 11)]
 
 
 def _ops():
@@ -40,20 +43,19 @@ def _reference_grads(x, w, b, grad_y):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_kernels_match_reference_and_write_every_element(shape, dtype):
-    """The launchers fill NaN-initialised outputs (and partial-sum buffer): a missed tile or tap shows up."""
-    from transxnet_ops.triton import idconv as tri
+    """The launchers fill NaN-initialised outputs: a missed plane, column, row or tap shows up."""
+    from transxnet_ops.triton import _depthwise_launch as dw
 
     x, w, b = _inputs(*shape, dtype)
     grad_y = torch.randn_like(x)
     y_ref, (gx_ref, gw_ref, gb_ref) = _reference_grads(x, w, b, grad_y)
     nan = lambda t: torch.full_like(t, float("nan"))  # noqa: E731
+    segments = dw.segments_of([x.shape[1]], [w.shape[-1]])
 
     y = nan(x)
-    tri._launch_conv(x, w, b, y, flip=False)
+    dw.forward(x, w, b, y, segments, per_sample=True)
     grad_x, grad_w, grad_b = nan(x), nan(w), nan(b)
-    tri._launch_conv(grad_y, w, None, grad_x, flip=True)
-    partial = tri._partial_buffer(x, w.shape[-1]).fill_(float("nan"))
-    tri._launch_grad_weight(grad_y, x, partial, grad_w, grad_b)
+    dw.backward(grad_y, x, w, grad_x, grad_w, grad_b, segments, per_sample=True)
 
     tol = TOL[dtype]
     assert rel_err(y, y_ref) < tol
@@ -92,10 +94,11 @@ def test_gradcheck_float64(shape, fast_mode, with_bias):
     assert torch.autograd.gradcheck(fwd, inputs, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=fast_mode)
 
 
-def test_backward_is_deterministic():
-    """grad_weight/grad_bias come from per-tile partials reduced in a fixed order: bitwise reproducible."""
+@pytest.mark.parametrize("shape", [(1, 2, 37, 70, 3), (1, 1, 6, 20, 11)], ids=["window", "direct"])
+def test_backward_is_deterministic(shape):
+    """The program that owns a plane reduces its grad_weight/grad_bias in a fixed order: bitwise reproducible."""
     _, bwd = _ops()
-    x, w, _ = _inputs(1, 2, 37, 70, 3, torch.float32)
+    x, w, _ = _inputs(*shape, torch.float32)
     grad_y = torch.randn_like(x)
     first = bwd(grad_y, x, w)
     second = bwd(grad_y, x, w)
@@ -152,3 +155,17 @@ def test_large_tensor_int64_offsets_gpu():
     y = fwd(x, w, None)
     tail = slice(C - 2, C)
     assert rel_err(y[:, tail], reference.idconv(x[:, tail].double(), w[:, tail].double())) < 1e-2
+
+
+def test_largest_kernel_size():
+    """K = 31 (the largest the GPU backends accept) on a map smaller than the kernel: direct path, every tap
+    masked by the map edges except the centre ones."""
+    fwd, _ = _ops()
+    x, w, b = _inputs(1, 1, 3, 4, 31, torch.float64, requires_grad=True)
+    y = fwd(x, w, b)
+    grad_y = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), grad_y)
+    y_ref, expected = _reference_grads(x, w, b, grad_y)
+    assert rel_err(y, y_ref) < TOL[torch.float64]
+    for g, e in zip(got, expected):
+        assert rel_err(g, e) < TOL[torch.float64]

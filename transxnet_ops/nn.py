@@ -23,6 +23,38 @@ class ConvBN(nn.Sequential):
             self.activate = nn.GELU()
 
 
+class DWConv2d(nn.Conv2d):
+    """Depthwise conv with the fused kernels: a drop-in for nn.Conv2d(dim, dim, k, padding=k//2, groups=dim)
+    with the same parameters, initialisation and state_dict keys (weight (dim, 1, k, k), bias (dim,))."""
+
+    def __init__(self, dim, kernel_size, bias=True, backend=None, device=None, dtype=None):
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (padding is kernel_size // 2), got {kernel_size}")
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias, device=device,
+                         dtype=dtype)
+        self.backend = backend
+
+    @classmethod
+    def from_conv(cls, conv, backend=None):
+        """The fused twin of a stride-1, 'same'-padded depthwise nn.Conv2d, sharing its parameters."""
+        if not is_same_depthwise(conv):
+            raise ValueError(f"not a stride-1 depthwise conv with padding k//2: {conv}")
+        fused = cls(conv.in_channels, conv.kernel_size[0], bias=conv.bias is not None, backend=backend, device="meta")
+        fused.weight, fused.bias = conv.weight, conv.bias
+        return fused.train(conv.training)
+
+    def forward(self, x):
+        return ops.dwconv2d(x, self.weight, self.bias, backend=self.backend)
+
+
+def is_same_depthwise(conv):
+    """A plain nn.Conv2d that DWConv2d computes exactly: depthwise, square odd kernel, stride 1, padding k//2."""
+    k = conv.kernel_size[0]
+    return (type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.padding == (k // 2, k // 2) and conv.padding_mode == "zeros")
+
+
 class IDConv2d(nn.Module):
     """Input-dependent depthwise conv (TransXNet's IDConv, official name DynamicConv2d).
 
@@ -108,7 +140,7 @@ class OSRA(nn.Module):
                 ConvBN(dim, dim, 1, groups=dim))
         else:
             self.sr = nn.Identity()
-        self.local_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.local_conv = DWConv2d(dim, 3, backend=backend)
 
     def forward(self, x, relative_pos_enc=None):
         B, C, H, W = x.shape
@@ -144,7 +176,7 @@ class DMixer(nn.Module):
         self.global_unit = OSRA(dim // 2, num_heads=num_heads, sr_ratio=sr_ratio, backend=backend)
         inner_dim = max(16, dim // reduction_ratio)
         self.proj = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim), nn.GELU(), nn.BatchNorm2d(dim),
+            DWConv2d(dim, 3, backend=backend), nn.GELU(), nn.BatchNorm2d(dim),
             nn.Conv2d(dim, inner_dim, kernel_size=1), nn.GELU(), nn.BatchNorm2d(inner_dim),
             nn.Conv2d(inner_dim, dim, kernel_size=1), nn.BatchNorm2d(dim))
 
@@ -158,27 +190,30 @@ HybridTokenMixer = DMixer  # the official name
 
 
 class MultiScaleDWConv(nn.Module):
-    """Depthwise convs of sizes 1, 3, 5, 7 on four channel splits (the first split takes the remainder)."""
+    """Depthwise convs of sizes 1, 3, 5, 7 on four channel splits (the first split takes the remainder), run as
+    one fused `multiscale_dwconv2d` (one launch, no split/cat copies); state_dict as officially (proj.{i})."""
 
-    def __init__(self, dim, scale=(1, 3, 5, 7)):
+    def __init__(self, dim, scale=(1, 3, 5, 7), backend=None):
         super().__init__()
         self.scale = scale
+        self.backend = backend
         self.channels = [dim - dim // len(scale) * (len(scale) - 1)] + [dim // len(scale)] * (len(scale) - 1)
         self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
 
     def forward(self, x):
-        return torch.cat([conv(part) for conv, part in zip(self.proj, torch.split(x, self.channels, dim=1))], dim=1)
+        return ops.multiscale_dwconv2d(x, [conv.weight for conv in self.proj], [conv.bias for conv in self.proj],
+                                       backend=self.backend)
 
 
 class MSFFN(nn.Module):
     """Multi-scale feed-forward network (official Mlp)."""
 
-    def __init__(self, in_features, hidden_features=None, drop=0.0):
+    def __init__(self, in_features, hidden_features=None, drop=0.0, backend=None):
         super().__init__()
         hidden_features = hidden_features or in_features
         self.fc1 = nn.Sequential(nn.Conv2d(in_features, hidden_features, 1, bias=False), nn.GELU(),
                                  nn.BatchNorm2d(hidden_features))
-        self.dwconv = MultiScaleDWConv(hidden_features)
+        self.dwconv = MultiScaleDWConv(hidden_features, backend=backend)
         self.act = nn.GELU()
         self.norm = nn.BatchNorm2d(hidden_features)
         self.fc2 = nn.Sequential(nn.Conv2d(hidden_features, in_features, 1, bias=False), nn.BatchNorm2d(in_features))
@@ -231,12 +266,12 @@ class Block(nn.Module):
                  drop_path=0.0, layer_scale_init_value=1e-5, grad_checkpoint=False, backend=None):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
-        self.pos_embed = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.pos_embed = DWConv2d(dim, 7, backend=backend)  # DPE
         self.norm1 = nn.GroupNorm(1, dim)
         self.token_mixer = DMixer(dim, kernel_size=kernel_size, num_groups=num_groups, num_heads=num_heads,
                                   sr_ratio=sr_ratio, backend=backend)
         self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = MSFFN(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = MSFFN(dim, int(dim * mlp_ratio), drop=drop, backend=backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if layer_scale_init_value is not None:
             self.layer_scale_1 = LayerScale(dim, layer_scale_init_value)

@@ -6,24 +6,33 @@ of 1/H to A_h (and 1/W to A_w) makes entry [K, K] of the same product the global
 chain reads x once and yields both, for any H, W, exactly matching F.adaptive_avg_pool2d and x.mean((2, 3)).
 It is plain PyTorch: differentiable, traceable by torch.compile, and on GPU a memory-bound GEMM.
 """
-import functools
-
 import torch
 
+_CACHE = {}  # (size, K, device, dtype) -> matrix, for eager mode: no rebuild (and on GPU no launches) per call
 
-@functools.lru_cache(maxsize=64)
-def _pool_matrix_cpu(size: int, K: int) -> torch.Tensor:
-    """(K + 1, size) float64 matrix: K adaptive-average rows, then a uniform-average row."""
-    A = torch.zeros(K + 1, size, dtype=torch.float64)
-    for i in range(K):
-        start, end = (i * size) // K, -((-(i + 1) * size) // K)  # floor, ceil as in adaptive_avg_pool2d
-        A[i, start:end] = 1.0 / (end - start)
-    A[K] = 1.0 / size
-    return A
+
+def _build_pool_matrix(size: int, K: int, device, dtype) -> torch.Tensor:
+    """(K + 1, size) matrix on `device`: K adaptive-average rows, then a uniform-average row. Built from aranges
+    (no Python loop over bins, no host-to-device copy) so that torch.compile traces it into the graph."""
+    i = torch.arange(K + 1, device=device).unsqueeze(1)
+    j = torch.arange(size, device=device)
+    last = i == K
+    start = torch.where(last, 0, (i * size) // K)              # floor(i * size / K), as adaptive_avg_pool2d
+    end = torch.where(last, size, ((i + 1) * size + K - 1) // K)  # ceil((i + 1) * size / K)
+    inside = (j >= start) & (j < end)
+    return inside.to(torch.float64).div((end - start).to(torch.float64)).to(dtype)
 
 
 def _pool_matrix(size, K, like):
-    return _pool_matrix_cpu(size, K).to(device=like.device, dtype=like.dtype)
+    if torch.compiler.is_compiling() or type(like) is not torch.Tensor or like.device.type == "meta":
+        # traced by torch.compile (a few constant ops); fake/meta tensors must not enter the cache
+        return _build_pool_matrix(size, K, like.device, like.dtype)
+    key = (size, K, like.device, like.dtype)
+    A = _CACHE.get(key)
+    if A is None:
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, even if first built in inference mode
+            A = _CACHE[key] = _build_pool_matrix(size, K, like.device, like.dtype)
+    return A
 
 
 def pool_and_mean(x: torch.Tensor, K: int):

@@ -124,8 +124,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv2d_backward_cpu(const at::T
     });
   });
   auto total = partial.sum(0);  // fixed-order reduction over the batch
-  auto grad_w = total.narrow(0, 0, taps).to(x.scalar_type());
-  auto grad_b = bias_requires_grad ? total.narrow(0, taps, C).to(x.scalar_type()) : at::empty({0}, x.options());
+  // copies: the two outputs must not alias one buffer
+  auto grad_w = total.narrow(0, 0, taps).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  auto grad_b = bias_requires_grad ? total.narrow(0, taps, C).to(x.scalar_type(), false, true)
+                                   : at::empty({0}, x.options());
   return {grad_x, grad_w, grad_b};
 }
 

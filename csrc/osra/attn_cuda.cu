@@ -1,376 +1,417 @@
-// OSRA attention CUDA kernels, flash-style: one thread per query row (forward, grad_q, grad_bias) or key row
-// (grad_k/grad_v); key/query tiles and the matching bias tile are staged in shared memory, the scores of a
-// tile live in registers only. fp32 accumulation; head dims up to 128 (register arrays sized DMAX).
+// OSRA attention on CUDA: out = softmax(scale q k^T + bias) v with its lse, and the backward, for tiny key sets
+// (TransXNet: M = 49) as well as large ones (detection: M ~ 1024). Kernels: attn_forward.cuh, attn_backward.cuh;
+// this file plans and launches them.
+//
+// Common ground. WMMA only (CUDA_RULES): bf16/fp16 m16n16k16, fp32 as 3xTF32 (attn_mma.cuh) - no IEEE dots on CUDA
+// cores. A block is 4 warps on 64-row query tiles; warp w owns rows [16w, 16w + 16) from the scores to the
+// outputs. Head dims are padded to 16 (24 -> 32) with zero columns and, like the key chunk KC, are runtime values:
+// one instantiation per dtype and kernel, nothing sized by the head dim in registers. Row-wise values (max, lse,
+// delta, 1/l) are made by plain threads in shared memory and enter fragment math as row-broadcast 16x16 tiles, so
+// fragments are only ever touched element-wise.
+//
+// Forward. Keys come in chunks of KC. When all fit (M <= 256 and half an SM's shared memory; TransXNet: KC = 64)
+// there is one chunk, staged once per block for several query tiles, and no rescaling. Per tile: S = q k^T on tensor
+// cores into fp32 shared memory; one thread pass applies scale and bias (staged as stored, 16-byte loads), masks
+// and takes the row max; P = 2^(s - max) on fragments, written over S in the input type with its row sums taken on
+// the way; out = P V / l on tensor cores, straight to global memory. Several chunks: online softmax, O in fp32
+// shared memory rescaled by a row-broadcast alpha tile.
+//
+// Backward: one pass per block = (batch chunk, h, query chunk of T <= 2 tiles, key chunk).
+//   for b in the batch chunk:                   dK, dV of (b, h): WMMA accumulators in registers
+//     stage K, V of b
+//     for each tile of the query chunk:         dbias of the query chunk: WMMA accumulators in registers
+//       stage q, dO, out and sb = (bias - lse) * log2(e); delta = rowsum(dO * out), in-kernel
+//       P = 2^(scale log2(e) q k^T + sb), dS = P (dO v^T - delta): on fragments, no score round trip
+//       dbias += dS; dq = scale dS K, written directly (one key chunk); dK += dS^T q; dV += P^T dO
+//     write dK, dV of b: in the output type when the query chunk is all of N, else as an fp32 partial
+//   write the dbias of the query chunk as an fp32 partial of its batch chunk
+// Loop order: the two reductions run over different axes (dK/dV over queries, dbias over the batch), so one of
+// them must survive the inner loop. With b outer, K and V are staged once per b and dK/dV of that b stay in
+// registers across its tiles; the dbias of the query chunk (T x KC/16 fragments per warp) then stays in registers
+// across the whole batch chunk. No accumulator is ever read back from memory; each block writes its partials once.
+// With tiles outer instead, either dK/dV of every b in the chunk would have to stay on chip or be re-read per tile.
+// The plan (plan_backward) picks T and the batch chunk so the grid fills the GPU (>= max(2, resident blocks per SM)
+// x SMs blocks; the SM count and shared-memory limit are read from the current device at call time) with the least
+// partial traffic, q_chunks * B*H*M*D*8 + b_chunks * H*N*M*4 bytes. TransXNet T1 in bf16 on 132 SMs: T = 2, 25 query
+// chunks x 16 batch chunks = 400 blocks (3 per SM: one wave), 30 + 10 MB of partials. Reduction kernels sum them
+// in a fixed order (deterministic, no atomics) and cast. Large M (several key chunks) or partials beyond
+// max(256 MiB, 2 x q's bytes) switch to passes of the same kernel - dK/dV with long query chunks, dbias with
+// whole-batch chunks - plus attn_dq_kernel, which loops over the key chunks of one query tile.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
+#include <mutex>
 #include <type_traits>
 
 #include "cuda_utils.cuh"
+#include "osra/attn_backward.cuh"
+#include "osra/attn_forward.cuh"
 #include "osra/attn_launch.h"
 
 namespace transxnet_ops {
+namespace attn {
 namespace {
 
-constexpr int kRows = 128;  // query rows per block (one per thread)
+constexpr int kMaxAllKeys = 256;  // the forward stages all keys at once up to this M
 
-template <int DMAX>
-constexpr int keys_per_tile() { return DMAX >= 128 ? 16 : 32; }
+struct Device {
+  int id = 0;
+  int sms = 1;
+  int smem_optin = 48 * 1024;
+};
 
-__device__ __forceinline__ int64_t bias_slice(const AttnShape& s, int64_t b, int64_t h) {
-  return ((s.Bb == 1 ? 0 : b) * s.Hb + (s.Hb == 1 ? 0 : h)) * s.N * s.M;
-}
-
-// Load a (DMAX,) row of a (rows, D) matrix into registers, times `mul`; zeros past D or for invalid rows.
-template <typename T, int DMAX>
-__device__ __forceinline__ void load_row(const T* base, int64_t row, int64_t D, bool valid, float mul, float* r) {
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) r[d] = (valid && d < D) ? mul * to_float(base[row * D + d]) : 0.f;
-}
-
-// Stage KEYS rows of k and v (zero-padded) and the bias tile for query rows [n0, n0+kRows), keys [m0, m0+KEYS).
-template <typename T, int DMAX, int KEYS>
-__device__ __forceinline__ void load_key_tile(const T* k, const T* v, const T* bias_bh, const AttnShape& s,
-                                              int64_t bh, int64_t n0, int64_t m0, float (*s_k)[DMAX],
-                                              float (*s_v)[DMAX], float (*s_bias)[KEYS + 1]) {
-  for (int e = threadIdx.x; e < KEYS * DMAX; e += blockDim.x) {
-    const int j = e / DMAX, d = e % DMAX;
-    const int64_t m = m0 + j;
-    const bool ok = m < s.M && d < s.D;
-    s_k[j][d] = ok ? to_float(k[(bh * s.M + m) * s.D + d]) : 0.f;
-    s_v[j][d] = ok ? to_float(v[(bh * s.M + m) * s.D + d]) : 0.f;
+// The current device, asked at every call (never at import).
+cudaError_t query_device(Device* dev) {
+  cudaError_t err = cudaGetDevice(&dev->id);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&dev->sms, cudaDevAttrMultiProcessorCount, dev->id);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&dev->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev->id);
   }
-  for (int e = threadIdx.x; e < kRows * KEYS; e += blockDim.x) {
-    const int r = e / KEYS, c = e % KEYS;
-    const int64_t n = n0 + r, m = m0 + c;
-    s_bias[r][c] = (bias_bh && n < s.N && m < s.M) ? to_float(bias_bh[n * s.M + m]) : 0.f;
-  }
+  return err;
 }
 
-template <int DMAX>
-__device__ __forceinline__ float dot_row(const float* a, const float* b) {
-  float acc = 0.f;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) acc = fmaf(a[d], b[d], acc);
-  return acc;
+constexpr int kMaxDevices = 64;  // per-device caches below; devices past it ask the runtime every time
+
+// Raises Kernel's dynamic shared-memory limit to `bytes` on the device once (the largest asked so far).
+template <auto Kernel>
+cudaError_t allow_smem(const Device& dev, size_t bytes) {
+  static std::mutex mutex;
+  static int allowed[kMaxDevices] = {};
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (dev.id < kMaxDevices && allowed[dev.id] >= static_cast<int>(bytes)) return cudaSuccess;
+  const cudaError_t err =
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess && dev.id < kMaxDevices) allowed[dev.id] = static_cast<int>(bytes);
+  return err;
 }
 
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kRows)
-    attn_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                        const T* __restrict__ bias, T* __restrict__ out, float* __restrict__ lse, AttnShape s,
-                        float scale, int64_t row_blocks) {
-  constexpr int KEYS = keys_per_tile<DMAX>();
-  __shared__ float s_k[KEYS][DMAX], s_v[KEYS][DMAX], s_bias[kRows][KEYS + 1];
-  const int64_t bh = blockIdx.x / row_blocks, n0 = (blockIdx.x % row_blocks) * kRows;
-  const int64_t n = n0 + threadIdx.x;
-  const bool valid = n < s.N;
-  const T* bias_bh = bias ? bias + bias_slice(s, bh / s.H, bh % s.H) : nullptr;
-
-  float qr[DMAX], acc[DMAX];
-  load_row<T, DMAX>(q, bh * s.N + n, s.D, valid, scale, qr);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) acc[d] = 0.f;
-  float row_max = -INFINITY, row_sum = 0.f;
-
-  for (int64_t m0 = 0; m0 < s.M; m0 += KEYS) {
-    __syncthreads();  // the previous tile is consumed
-    load_key_tile<T, DMAX, KEYS>(k, v, bias_bh, s, bh, n0, m0, s_k, s_v, s_bias);
-    __syncthreads();
-    const int keys = static_cast<int>(min64(KEYS, s.M - m0));
-    float sc[KEYS];
-    float tile_max = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      sc[j] = j < keys ? dot_row<DMAX>(qr, s_k[j]) + s_bias[threadIdx.x][j] : -INFINITY;
-      tile_max = fmaxf(tile_max, sc[j]);
-    }
-    const float new_max = fmaxf(row_max, tile_max);
-    const float alpha = __expf(row_max - new_max);  // 0 on the first tile
-    row_sum *= alpha;
-#pragma unroll
-    for (int d = 0; d < DMAX; ++d) acc[d] *= alpha;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      if (j < keys) {
-        const float p = __expf(sc[j] - new_max);
-        row_sum += p;
-#pragma unroll
-        for (int d = 0; d < DMAX; ++d) acc[d] = fmaf(p, s_v[j][d], acc[d]);
-      }
-    }
-    row_max = new_max;
-  }
-  if (!valid) return;
-  const int64_t row = bh * s.N + n;
-  const float inv = 1.f / row_sum;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d)
-    if (d < s.D) out[row * s.D + d] = from_float<T>(acc[d] * inv);
-  lse[row] = row_max + logf(row_sum);
+// Registers per thread of Kernel's binary for the device, asked once.
+template <auto Kernel>
+cudaError_t kernel_registers(const Device& dev, int* regs) {
+  static std::atomic<int> known[kMaxDevices] = {};
+  if (dev.id < kMaxDevices && (*regs = known[dev.id].load(std::memory_order_relaxed)) > 0) return cudaSuccess;
+  cudaFuncAttributes attr{};
+  const cudaError_t err = cudaFuncGetAttributes(&attr, Kernel);
+  *regs = attr.numRegs;
+  if (err == cudaSuccess && dev.id < kMaxDevices) known[dev.id].store(attr.numRegs, std::memory_order_relaxed);
+  return err;
 }
 
-// delta = rowsum(grad_out * out), the softmax-backward correction of every query row.
-template <typename T>
-__global__ void attn_delta_kernel(const T* __restrict__ grad_out, const T* __restrict__ out, float* __restrict__ delta,
-                                  int64_t rows, int64_t D) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= rows) return;
-  float acc = 0.f;
-  for (int64_t d = 0; d < D; ++d) acc = fmaf(to_float(grad_out[row * D + d]), to_float(out[row * D + d]), acc);
-  delta[row] = acc;
+int padded_head_dim(int64_t D) { return round_up(static_cast<int>(std::max<int64_t>(D, 1)), 16); }
+
+// Shared memory of a block, in bytes, and how many such blocks an SM holds (228 KB per SM on sm_90 = opt-in + 1 KB).
+int blocks_per_sm(size_t smem, const Device& dev, int regs_per_thread) {
+  const size_t per_sm = static_cast<size_t>(dev.smem_optin) + 1024;
+  int by_smem = static_cast<int>(per_sm / (smem + 1024));
+  int by_regs = regs_per_thread > 0 ? 65536 / (regs_per_thread * kThreads) : 16;
+  return std::max(1, std::min({by_smem, by_regs, 16}));
 }
 
-// grad_q per query row: dS = p * (dO.v - delta), dq = scale * sum_m dS k.
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kRows)
-    attn_grad_q_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                       const T* __restrict__ bias, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                       const float* __restrict__ delta, T* __restrict__ grad_q, AttnShape s, float scale,
-                       int64_t row_blocks) {
-  constexpr int KEYS = keys_per_tile<DMAX>();
-  __shared__ float s_k[KEYS][DMAX], s_v[KEYS][DMAX], s_bias[kRows][KEYS + 1];
-  const int64_t bh = blockIdx.x / row_blocks, n0 = (blockIdx.x % row_blocks) * kRows;
-  const int64_t n = n0 + threadIdx.x, row = bh * s.N + n;
-  const bool valid = n < s.N;
-  const T* bias_bh = bias ? bias + bias_slice(s, bh / s.H, bh % s.H) : nullptr;
-  float qr[DMAX], gor[DMAX], dq[DMAX];
-  load_row<T, DMAX>(q, row, s.D, valid, scale, qr);
-  load_row<T, DMAX>(grad_out, row, s.D, valid, 1.f, gor);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) dq[d] = 0.f;
-  const float row_lse = valid ? lse[row] : 0.f, row_delta = valid ? delta[row] : 0.f;
 
-  for (int64_t m0 = 0; m0 < s.M; m0 += KEYS) {
-    __syncthreads();
-    load_key_tile<T, DMAX, KEYS>(k, v, bias_bh, s, bh, n0, m0, s_k, s_v, s_bias);
-    __syncthreads();
-    const int keys = static_cast<int>(min64(KEYS, s.M - m0));
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      if (j < keys) {
-        const float p = __expf(dot_row<DMAX>(qr, s_k[j]) + s_bias[threadIdx.x][j] - row_lse);
-        const float ds = p * (dot_row<DMAX>(gor, s_v[j]) - row_delta);
-#pragma unroll
-        for (int d = 0; d < DMAX; ++d) dq[d] = fmaf(ds, s_k[j][d], dq[d]);
-      }
-    }
-  }
-  if (!valid) return;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d)
-    if (d < s.D) grad_q[row * s.D + d] = from_float<T>(scale * dq[d]);
+// How long a launch takes relative to a perfect spread of its work over the GPU's block slots: blocks run in
+// waves of `slots`, each wave as long as its largest block (`max_work` units of `total_work`). >= 1.
+double makespan_factor(int64_t blocks, int64_t max_work, int64_t total_work, int64_t slots) {
+  const int64_t waves = (blocks + slots - 1) / slots;
+  return std::max(1.0, static_cast<double>(waves) * max_work * slots / static_cast<double>(total_work));
 }
 
-constexpr int kKeyThreads = 64;   // key rows per grad_k/grad_v block
-constexpr int kQueryTile = 32;    // query rows staged per step
-
-// Partial grad_k (without scale) and grad_v of one key block over one chunk of queries.
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kKeyThreads)
-    attn_grad_kv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                        const T* __restrict__ bias, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                        const float* __restrict__ delta, float* __restrict__ partial, AttnShape s, float scale,
-                        int64_t key_blocks, int64_t chunks, int64_t chunk_rows) {
-  __shared__ float s_q[kQueryTile][DMAX], s_do[kQueryTile][DMAX], s_bias[kQueryTile][kKeyThreads + 1];
-  __shared__ float s_lse[kQueryTile], s_delta[kQueryTile];
-  const int64_t chunk = blockIdx.x % chunks, kb = (blockIdx.x / chunks) % key_blocks;
-  const int64_t bh = blockIdx.x / (chunks * key_blocks);
-  const int64_t m = kb * kKeyThreads + threadIdx.x;
-  const bool valid = m < s.M;
-  const T* bias_bh = bias ? bias + bias_slice(s, bh / s.H, bh % s.H) : nullptr;
-  float kr[DMAX], vr[DMAX], dk[DMAX], dv[DMAX];
-  load_row<T, DMAX>(k, bh * s.M + m, s.D, valid, scale, kr);
-  load_row<T, DMAX>(v, bh * s.M + m, s.D, valid, 1.f, vr);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) dk[d] = dv[d] = 0.f;
-
-  const int64_t n_begin = chunk * chunk_rows, n_end = min64(s.N, n_begin + chunk_rows);
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kQueryTile) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < kQueryTile * DMAX; e += blockDim.x) {
-      const int r = e / DMAX, d = e % DMAX;
-      const int64_t n = n0 + r;
-      const bool ok = n < n_end && d < s.D;
-      s_q[r][d] = ok ? to_float(q[(bh * s.N + n) * s.D + d]) : 0.f;
-      s_do[r][d] = ok ? to_float(grad_out[(bh * s.N + n) * s.D + d]) : 0.f;
-    }
-    for (int e = threadIdx.x; e < kQueryTile * kKeyThreads; e += blockDim.x) {
-      const int r = e / kKeyThreads, c = e % kKeyThreads;
-      const int64_t n = n0 + r, mm = kb * kKeyThreads + c;
-      s_bias[r][c] = (bias_bh && n < n_end && mm < s.M) ? to_float(bias_bh[n * s.M + mm]) : 0.f;
-    }
-    for (int r = threadIdx.x; r < kQueryTile; r += blockDim.x) {
-      const int64_t n = n0 + r;
-      s_lse[r] = n < n_end ? lse[bh * s.N + n] : 0.f;
-      s_delta[r] = n < n_end ? delta[bh * s.N + n] : 0.f;
-    }
-    __syncthreads();
-    const int rows = static_cast<int>(min64(kQueryTile, n_end - n0));
-    for (int r = 0; r < rows; ++r) {
-      const float p = __expf(dot_row<DMAX>(kr, s_q[r]) + s_bias[r][threadIdx.x] - s_lse[r]);
-      const float ds = p * (dot_row<DMAX>(vr, s_do[r]) - s_delta[r]);
-#pragma unroll
-      for (int d = 0; d < DMAX; ++d) {
-        dv[d] = fmaf(p, s_do[r][d], dv[d]);
-        dk[d] = fmaf(ds, s_q[r][d], dk[d]);
-      }
-    }
-  }
-  if (!valid) return;
-  const int64_t MD = s.M * s.D;
-  float* dk_out = partial + (bh * chunks + chunk) * MD + m * s.D;
-  float* dv_out = dk_out + s.B * s.H * chunks * MD;
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) {
-    if (d < s.D) {
-      dk_out[d] = dk[d];
-      dv_out[d] = dv[d];
-    }
-  }
-}
-
-// grad_k = scale * sum of the chunk partials, grad_v = sum, in chunk order.
-template <typename T>
-__global__ void attn_reduce_kv_kernel(const float* __restrict__ partial, T* __restrict__ grad_k,
-                                      T* __restrict__ grad_v, AttnShape s, int64_t chunks, float scale) {
-  const int64_t MD = s.M * s.D, total = s.B * s.H * MD;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int64_t bh = idx / MD, e = idx % MD;
-  float dk = 0.f, dv = 0.f;
-  for (int64_t c = 0; c < chunks; ++c) {
-    dk += partial[(bh * chunks + c) * MD + e];
-    dv += partial[total * chunks + (bh * chunks + c) * MD + e];
-  }
-  grad_k[idx] = from_float<T>(scale * dk);
-  grad_v[idx] = from_float<T>(dv);
-}
-
-// grad_bias for one (bias slice, query block, key tile): dS summed over the (b, h) pairs that share the slice,
-// in registers, written once.
-template <typename T, int DMAX>
-__global__ void __launch_bounds__(kRows)
-    attn_grad_bias_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                          const T* __restrict__ bias, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                          const float* __restrict__ delta, T* __restrict__ grad_bias, AttnShape s, float scale,
-                          int64_t row_blocks, int64_t key_tiles) {
-  constexpr int KEYS = keys_per_tile<DMAX>();
-  __shared__ float s_k[KEYS][DMAX], s_v[KEYS][DMAX], s_bias[kRows][KEYS + 1];
-  const int64_t kt = blockIdx.x % key_tiles, rb = (blockIdx.x / key_tiles) % row_blocks;
-  const int64_t slice = blockIdx.x / (key_tiles * row_blocks);
-  const int64_t bb = slice / s.Hb, hb = slice % s.Hb;
-  const int64_t n0 = rb * kRows, m0 = kt * KEYS, n = n0 + threadIdx.x;
-  const bool valid = n < s.N;
-  const int keys = static_cast<int>(min64(KEYS, s.M - m0));
-  float acc[KEYS];
-#pragma unroll
-  for (int j = 0; j < KEYS; ++j) acc[j] = 0.f;
-  const int64_t pairs_b = s.B / s.Bb, pairs_h = s.H / s.Hb;
-  for (int64_t pb = 0; pb < pairs_b; ++pb) {
-    for (int64_t ph = 0; ph < pairs_h; ++ph) {
-      const int64_t b = s.Bb == 1 ? pb : bb, h = s.Hb == 1 ? ph : hb, bh = b * s.H + h, row = bh * s.N + n;
-      __syncthreads();
-      load_key_tile<T, DMAX, KEYS>(k, v, bias + bias_slice(s, b, h), s, bh, n0, m0, s_k, s_v, s_bias);
-      __syncthreads();
-      float qr[DMAX], gor[DMAX];
-      load_row<T, DMAX>(q, row, s.D, valid, scale, qr);
-      load_row<T, DMAX>(grad_out, row, s.D, valid, 1.f, gor);
-      const float row_lse = valid ? lse[row] : 0.f, row_delta = valid ? delta[row] : 0.f;
-#pragma unroll
-      for (int j = 0; j < KEYS; ++j) {
-        if (j < keys) {
-          const float p = __expf(dot_row<DMAX>(qr, s_k[j]) + s_bias[threadIdx.x][j] - row_lse);
-          acc[j] += p * (dot_row<DMAX>(gor, s_v[j]) - row_delta);
-        }
-      }
-    }
-  }
-  if (!valid) return;
-  T* dst = grad_bias + (slice * s.N + n) * s.M + m0;
-#pragma unroll
-  for (int j = 0; j < KEYS; ++j)
-    if (j < keys) dst[j] = from_float<T>(acc[j]);
-}
-
-// Calls fn with the register-array size (a power of two >= D, at least 32).
+// Chunk sizes worth trying for `n` items: every size that changes the chunk count, ~2 sqrt(n) of them, from 1 up.
 template <typename Fn>
-cudaError_t dispatch_head_dim(int64_t D, Fn&& fn) {
-  if (D <= 32) return fn(std::integral_constant<int, 32>{});
-  if (D <= 64) return fn(std::integral_constant<int, 64>{});
-  if (D <= kMaxCudaHeadDim) return fn(std::integral_constant<int, 128>{});
-  return cudaErrorInvalidValue;
+void for_each_chunk_size(int64_t n, int64_t max_size, Fn&& fn) {
+  for (int64_t size = 1; size <= std::min(n, max_size);) {
+    fn(size);
+    const int64_t chunks = (n + size - 1) / size;
+    if (chunks == 1) break;
+    size = (n + chunks - 2) / (chunks - 1);  // the smallest size with one chunk fewer
+  }
 }
 
-bool fits_grid(int64_t blocks) { return blocks <= INT32_MAX; }
+struct ForwardPlan {
+  int Dp = 0, KC = 0, tiles_per_block = 1;
+  int64_t groups = 1;
+  size_t smem = 0;
+};
+
+// One chunk of all keys when they fit half an SM's shared memory (two blocks per SM), else the largest chunk that
+// does (online softmax). With one chunk a block can reuse its staged K, V over several query tiles: the count that
+// gives the shortest makespan, preferring more reuse on ties.
+bool plan_forward(const AttnShape& s, int eb, const Device& dev, int regs_per_thread, ForwardPlan* p) {
+  p->Dp = padded_head_dim(s.D);
+  const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, kMaxAllKeys + 1)), 16);
+  const size_t budget = std::max<size_t>(48 * 1024, (static_cast<size_t>(dev.smem_optin) + 1024) / 2 - 1024);
+  auto bytes = [&](int KC) { return forward_smem(make_geometry(p->Dp, KC, eb), eb, KC < s.M).bytes; };
+  p->KC = 0;
+  if (s.M <= kMaxAllKeys && bytes(Mp) <= budget) p->KC = Mp;
+  for (int KC : {128, 64, 32, 16}) {
+    if (p->KC == 0 && KC < Mp && bytes(KC) <= budget) p->KC = KC;
+  }
+  if (p->KC == 0) p->KC = 16;
+  p->smem = bytes(p->KC);
+  if (p->smem > static_cast<size_t>(dev.smem_optin)) return false;
+  const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
+  const int64_t slots = static_cast<int64_t>(dev.sms) * blocks_per_sm(p->smem, dev, regs_per_thread);
+  double best = -1;
+  for_each_chunk_size(tiles, s.M <= p->KC ? 16 : 1, [&](int64_t per_block) {
+    const int64_t groups = (tiles + per_block - 1) / per_block;
+    const double t = makespan_factor(s.B * s.H * groups, per_block, s.B * s.H * tiles, slots);
+    if (best < 0 || t <= best) {
+      best = t;
+      p->tiles_per_block = static_cast<int>(per_block);
+      p->groups = groups;
+    }
+  });
+  return s.B * s.H * p->groups <= INT_MAX;
+}
+
+// One launch of attn_backward_kernel.
+struct BackwardPass {
+  bool dq = false, dkv = false, dbias = false;
+  int tiles_per_qchunk = 1, batch_per_chunk = 1;
+  int64_t q_chunks = 1, b_chunks = 1;
+  int64_t blocks(const AttnShape& s, int64_t key_chunks) const { return b_chunks * s.H * q_chunks * key_chunks; }
+};
+
+struct BackwardPlan {
+  int Dp = 0, KC = 0;
+  int64_t key_chunks = 1;
+  size_t smem = 0;
+  bool dq_kernel = false;  // dq by attn_dq_kernel (several key chunks)
+  int passes = 0;
+  BackwardPass pass[2];
+  int64_t dkv_floats = 0, dbias_floats = 0;  // workspace: dK/dV partials, then dbias partials
+};
+
+// Choose the key chunk, the passes and their chunk counts by a cost in byte-equivalents (HBM at ~4 TB/s):
+// - a pass recomputes every score (~40 instructions per score and thread: about the time of moving 8 bytes) and
+//   reads q, grad_out and out once per key chunk, stretched by makespan_factor over the resident block slots;
+// - fp32 partials are written and read back once.
+// The workspace stays under max(256 MiB, 2 x q's bytes) whenever a plan allows: at detection sizes the fused pass
+// would need gigabytes of dK/dV partials, and the work splits into a dK/dV pass and a dbias pass instead.
+bool plan_backward(const AttnShape& s, int eb, bool want_dbias, const Device& dev, int regs_per_thread,
+                   BackwardPlan* p) {
+  p->Dp = padded_head_dim(s.D);
+  const int Mp = round_up(static_cast<int>(std::min<int64_t>(s.M, 1 << 20)), 16);
+  // Key chunks of at most 64 keys whose dK + dV tiles fit the warps' accumulators.
+  const int max_kc_by_frags = std::min(16 * kMaxKeyTiles, kMaxDkvFrags * kWarps * 16 * 16 / (2 * p->Dp));
+  auto bytes = [&](int KC) { return backward_smem(make_geometry(p->Dp, KC, eb), eb).bytes; };
+  p->KC = 0;
+  if (Mp <= max_kc_by_frags && bytes(Mp) <= static_cast<size_t>(dev.smem_optin)) p->KC = Mp;
+  for (int KC : {64, 32, 16}) {
+    if (p->KC == 0 && KC < Mp && KC <= max_kc_by_frags && bytes(KC) <= static_cast<size_t>(dev.smem_optin)) {
+      p->KC = KC;
+    }
+  }
+  if (p->KC == 0) return false;
+  p->smem = bytes(p->KC);
+  p->key_chunks = (s.M + p->KC - 1) / p->KC;
+  p->dq_kernel = p->key_chunks > 1;
+  const int64_t tiles = (s.N + kTileRows - 1) / kTileRows;
+  const int64_t slots = static_cast<int64_t>(dev.sms) * blocks_per_sm(p->smem, dev, regs_per_thread);
+  const int64_t cap = std::max<int64_t>(int64_t(64) << 20, s.B * s.H * s.N * s.D * eb / 2);  // floats
+  const int64_t kv_floats = 2 * s.B * s.H * s.M * s.D;  // one dK + dV partial
+  const int64_t bias_floats = s.H * s.N * s.M;          // one dbias partial
+  const int64_t work = s.B * s.H * tiles * p->key_chunks;  // (b, h, tile, key chunk) steps of a pass
+  const double pass_bytes = static_cast<double>(s.B) * s.H * s.N * p->key_chunks * (3.0 * eb * s.D + 8.0 * p->KC);
+  const bool per_batch_bias = want_dbias && s.Bb > 1;  // every batch has its own dbias slice: chunks of one
+
+  struct Cost {
+    double bytes = -1;
+    int64_t workspace = 0;
+  };
+  auto pass_cost = [&](const BackwardPass& q) {
+    Cost c;
+    const int64_t max_work = static_cast<int64_t>(q.tiles_per_qchunk) * q.batch_per_chunk;
+    c.workspace = (q.dkv && q.q_chunks > 1 ? q.q_chunks * kv_floats : 0) + (q.dbias ? q.b_chunks * bias_floats : 0);
+    c.bytes = pass_bytes * makespan_factor(q.blocks(s, p->key_chunks), max_work, work, slots) + 8.0 * c.workspace;
+    return c;
+  };
+  // Within the workspace cap first, then fewer byte-equivalents.
+  auto better = [&](const Cost& a, const Cost& b) {
+    if (b.bytes < 0) return true;
+    if ((a.workspace <= cap) != (b.workspace <= cap)) return a.workspace <= cap;
+    return a.bytes < b.bytes;
+  };
+  // The best pass with the given outputs over query chunks of up to max_tiles tiles and any batch chunk size.
+  auto best_pass = [&](bool dkv, bool dbias, int64_t max_tiles, BackwardPass* out) {
+    Cost best;
+    for_each_chunk_size(tiles, max_tiles, [&](int64_t t) {
+      for_each_chunk_size(s.B, dbias && per_batch_bias ? 1 : s.B, [&](int64_t per_chunk) {
+        BackwardPass q;
+        q.dkv = dkv;
+        q.dbias = dbias;
+        q.tiles_per_qchunk = static_cast<int>(t);
+        q.q_chunks = (tiles + t - 1) / t;
+        q.batch_per_chunk = static_cast<int>(per_chunk);
+        q.b_chunks = (s.B + per_chunk - 1) / per_chunk;
+        const Cost c = pass_cost(q);
+        if (better(c, best)) {
+          best = c;
+          *out = q;
+        }
+      });
+    });
+    return best;
+  };
+
+  // Fused: one pass; the dbias of a query chunk (at most kMaxDbiasTiles tiles) is held in registers.
+  BackwardPass fused;
+  Cost best = best_pass(true, want_dbias, want_dbias ? kMaxDbiasTiles : tiles, &fused);
+  p->passes = 1;
+  p->pass[0] = fused;
+  // Split: a dK/dV pass with query chunks as long as it likes, and a dbias pass over single tiles.
+  if (want_dbias) {
+    BackwardPass kv, db;
+    const Cost a = best_pass(true, false, tiles, &kv), b = best_pass(false, true, 1, &db);
+    const Cost split{a.bytes + b.bytes, a.workspace + b.workspace};
+    if (better(split, best)) {
+      p->passes = 2;
+      p->pass[0] = kv;
+      p->pass[1] = db;
+    }
+  }
+  p->pass[0].dq = !p->dq_kernel;
+  p->dkv_floats = 0;
+  p->dbias_floats = 0;
+  for (int i = 0; i < p->passes; ++i) {
+    const BackwardPass& q = p->pass[i];
+    if (q.blocks(s, p->key_chunks) > INT_MAX) return false;
+    if (q.dkv && q.q_chunks > 1) p->dkv_floats = q.q_chunks * kv_floats;
+    if (q.dbias) p->dbias_floats = q.b_chunks * bias_floats;
+  }
+  return !p->dq_kernel || s.B * s.H * tiles <= INT_MAX;
+}
+
+template <typename T>
+cudaError_t make_backward_plan(const Device& dev, const AttnShape& s, bool want_dbias, BackwardPlan* plan) {
+  int regs = 0;
+  const cudaError_t err = kernel_registers<attn_backward_kernel<T>>(dev, &regs);
+  if (err != cudaSuccess) return err;
+  return plan_backward(s, sizeof(T), want_dbias, dev, regs, plan) ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+int reduce_blocks(int64_t size, int sms) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((size + kReduceThreads - 1) / kReduceThreads,
+                                                                 32 * static_cast<int64_t>(sms))));
+}
+
+template <typename T>
+cudaError_t forward(const T* q, const T* k, const T* v, const T* bias, T* out, float* lse, const AttnShape& s,
+                    float scale, cudaStream_t stream) {
+  Device dev;
+  cudaError_t err = query_device(&dev);
+  if (err != cudaSuccess) return err;
+  int regs = 0;
+  if ((err = kernel_registers<attn_forward_kernel<T>>(dev, &regs)) != cudaSuccess) return err;
+  ForwardPlan plan;
+  if (!plan_forward(s, sizeof(T), dev, regs, &plan)) return cudaErrorInvalidConfiguration;
+  err = allow_smem<attn_forward_kernel<T>>(dev, plan.smem);
+  if (err != cudaSuccess) return err;
+  ForwardArgs<T> args;
+  args.q = q, args.k = k, args.v = v, args.bias = bias, args.out = out, args.lse = lse;
+  args.B = s.B, args.H = s.H, args.N = s.N, args.M = s.M, args.D = s.D, args.Bb = s.Bb, args.Hb = s.Hb;
+  args.scale = scale;
+  args.Dp = plan.Dp, args.KC = plan.KC, args.tiles_per_block = plan.tiles_per_block, args.groups = plan.groups;
+  const unsigned blocks = static_cast<unsigned>(s.B * s.H * plan.groups);
+  attn_forward_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t backward(const T* dout, const T* q, const T* k, const T* v, const T* bias, const T* out,
+                     const float* lse, float* workspace, T* dq, T* dk, T* dv, T* dbias, const AttnShape& s,
+                     float scale, cudaStream_t stream) {
+  Device dev;
+  BackwardPlan plan;
+  cudaError_t err = query_device(&dev);
+  if (err == cudaSuccess) err = make_backward_plan<T>(dev, s, dbias != nullptr, &plan);
+  if (err != cudaSuccess) return err;
+  float* dkv_partial = plan.dkv_floats > 0 ? workspace : nullptr;
+  float* dbias_partial = plan.dbias_floats > 0 ? workspace + plan.dkv_floats : nullptr;
+  if ((err = allow_smem<attn_backward_kernel<T>>(dev, plan.smem)) != cudaSuccess) return err;
+
+  BackwardArgs<T> args{};
+  args.q = q, args.k = k, args.v = v, args.bias = bias, args.dout = dout, args.out = out, args.lse = lse;
+  args.B = s.B, args.H = s.H, args.N = s.N, args.M = s.M, args.D = s.D, args.Bb = s.Bb, args.Hb = s.Hb;
+  args.scale = scale;
+  args.Dp = plan.Dp, args.KC = plan.KC, args.key_chunks = plan.key_chunks;
+  args.tiles_per_qchunk = 1, args.q_chunks = 1, args.batch_per_chunk = 1, args.b_chunks = 1;
+  if (plan.dq_kernel) {
+    if ((err = allow_smem<attn_dq_kernel<T>>(dev, plan.smem)) != cudaSuccess) return err;
+    args.dq = dq;
+    const unsigned blocks = static_cast<unsigned>(s.B * s.H * ((s.N + kTileRows - 1) / kTileRows));
+    attn_dq_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  for (int i = 0; i < plan.passes; ++i) {
+    const BackwardPass& p = plan.pass[i];
+    args.dq = p.dq ? dq : nullptr;
+    args.dk = p.dkv && p.q_chunks == 1 ? dk : nullptr;
+    args.dv = p.dkv && p.q_chunks == 1 ? dv : nullptr;
+    args.dkv_partial = p.dkv && p.q_chunks > 1 ? dkv_partial : nullptr;
+    args.dbias_partial = p.dbias ? dbias_partial : nullptr;
+    args.tiles_per_qchunk = p.tiles_per_qchunk;
+    args.q_chunks = p.q_chunks;
+    args.batch_per_chunk = p.batch_per_chunk;
+    args.b_chunks = p.b_chunks;
+    const unsigned blocks = static_cast<unsigned>(p.blocks(s, plan.key_chunks));
+    attn_backward_kernel<T><<<blocks, kThreads, plan.smem, stream>>>(args);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (p.dkv && p.q_chunks > 1) {
+      const int64_t size = s.B * s.H * s.M * s.D;
+      attn_reduce_dkv_kernel<T><<<reduce_blocks(size, dev.sms), kReduceThreads, 0, stream>>>(dkv_partial, dk, dv,
+                                                                                            size, p.q_chunks);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (p.dbias) {
+      const int64_t size = s.Bb * s.Hb * s.N * s.M;
+      attn_reduce_dbias_kernel<T><<<reduce_blocks(size, dev.sms), kReduceThreads, 0, stream>>>(
+          dbias_partial, dbias, s.Bb, s.Hb, s.H, s.N * s.M, p.b_chunks);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+  }
+  return cudaSuccess;
+}
 
 }  // namespace
+}  // namespace attn
 
 cudaError_t osra_cuda_forward(DType dtype, const void* q, const void* k, const void* v, const void* bias, void* out,
                               float* lse, const AttnShape& s, float scale, cudaStream_t stream) {
-  const int64_t row_blocks = ceil_div(s.N, kRows), blocks = s.B * s.H * row_blocks;
-  if (blocks == 0) return cudaSuccess;
-  if (!fits_grid(blocks)) return cudaErrorInvalidConfiguration;
+  if (s.B * s.H * s.N == 0) return cudaSuccess;
+  if (s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    return dispatch_head_dim(s.D, [&](auto dmax) {
-      attn_forward_kernel<T, decltype(dmax)::value><<<static_cast<unsigned>(blocks), kRows, 0, stream>>>(
-          static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(bias),
-          static_cast<T*>(out), lse, s, scale, row_blocks);
-      return cudaGetLastError();
-    });
+    return attn::forward<T>(static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                            static_cast<const T*>(bias), static_cast<T*>(out), lse, s, scale, stream);
   });
 }
 
-int64_t osra_cuda_query_chunks(const AttnShape& s) {
-  // Enough blocks to fill the GPU (~4 waves of 132 SMs) while keeping the partials under ~256 MB.
-  const int64_t key_blocks = ceil_div(s.M, kKeyThreads);
-  int64_t chunks = std::max<int64_t>(1, ceil_div(528, std::max<int64_t>(1, s.B * s.H * key_blocks)));
-  chunks = std::min(chunks, std::max<int64_t>(1, ceil_div(s.N, 4 * kQueryTile)));
-  const int64_t per_chunk = 2 * s.B * s.H * s.M * s.D * static_cast<int64_t>(sizeof(float));
-  while (chunks > 1 && chunks * per_chunk > (int64_t(256) << 20)) chunks /= 2;
-  return chunks;
+int64_t osra_cuda_backward_workspace(DType dtype, const AttnShape& s, bool want_grad_bias) {
+  if (s.B * s.H * s.N == 0 || s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return 0;
+  attn::Device dev;
+  attn::BackwardPlan plan;
+  const cudaError_t err = dispatch_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const cudaError_t e = attn::query_device(&dev);
+    return e == cudaSuccess ? attn::make_backward_plan<T>(dev, s, want_grad_bias, &plan) : e;
+  });
+  return err == cudaSuccess ? plan.dkv_floats + plan.dbias_floats : 0;
 }
 
 cudaError_t osra_cuda_backward(DType dtype, const void* grad_out, const void* q, const void* k, const void* v,
-                               const void* bias, const void* out, const float* lse, float* delta, float* dkv_partial,
-                               void* grad_q, void* grad_k, void* grad_v, void* grad_bias, const AttnShape& s,
-                               float scale, cudaStream_t stream) {
-  const int64_t rows = s.B * s.H * s.N;
-  const int64_t row_blocks = ceil_div(s.N, kRows);
-  const int64_t key_blocks = ceil_div(s.M, kKeyThreads);
-  const int64_t chunks = osra_cuda_query_chunks(s);
-  const int64_t chunk_rows = ceil_div(s.N, chunks);
-  if (rows == 0 || s.M == 0) return cudaSuccess;
-  if (!fits_grid(s.B * s.H * row_blocks) || !fits_grid(s.B * s.H * key_blocks * chunks)) {
-    return cudaErrorInvalidConfiguration;
-  }
+                               const void* bias, const void* out, const float* lse, float* workspace, void* grad_q,
+                               void* grad_k, void* grad_v, void* grad_bias, const AttnShape& s, float scale,
+                               cudaStream_t stream) {
+  if (s.B * s.H * s.N == 0) return cudaSuccess;
+  if (s.M < 1 || s.D < 1 || s.D > kMaxCudaHeadDim) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const T *qp = static_cast<const T*>(q), *kp = static_cast<const T*>(k), *vp = static_cast<const T*>(v);
-    const T *bp = static_cast<const T*>(bias), *gop = static_cast<const T*>(grad_out);
-    attn_delta_kernel<T><<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
-        gop, static_cast<const T*>(out), delta, rows, s.D);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    return dispatch_head_dim(s.D, [&](auto dmax) {
-      constexpr int DMAX = decltype(dmax)::value;
-      attn_grad_q_kernel<T, DMAX><<<static_cast<unsigned>(s.B * s.H * row_blocks), kRows, 0, stream>>>(
-          qp, kp, vp, bp, gop, lse, delta, static_cast<T*>(grad_q), s, scale, row_blocks);
-      attn_grad_kv_kernel<T, DMAX><<<static_cast<unsigned>(s.B * s.H * key_blocks * chunks), kKeyThreads, 0,
-                                     stream>>>(qp, kp, vp, bp, gop, lse, delta, dkv_partial, s, scale, key_blocks,
-                                               chunks, chunk_rows);
-      attn_reduce_kv_kernel<T><<<static_cast<unsigned>(ceil_div(s.B * s.H * s.M * s.D, 256)), 256, 0, stream>>>(
-          dkv_partial, static_cast<T*>(grad_k), static_cast<T*>(grad_v), s, chunks, scale);
-      cudaError_t e = cudaGetLastError();
-      if (e != cudaSuccess || grad_bias == nullptr) return e;
-      const int64_t key_tiles = ceil_div(s.M, keys_per_tile<DMAX>());
-      const int64_t blocks = s.Bb * s.Hb * row_blocks * key_tiles;
-      if (!fits_grid(blocks)) return cudaErrorInvalidConfiguration;
-      attn_grad_bias_kernel<T, DMAX><<<static_cast<unsigned>(blocks), kRows, 0, stream>>>(
-          qp, kp, vp, bp, gop, lse, delta, static_cast<T*>(grad_bias), s, scale, row_blocks, key_tiles);
-      return cudaGetLastError();
-    });
+    return attn::backward<T>(static_cast<const T*>(grad_out), static_cast<const T*>(q), static_cast<const T*>(k),
+                             static_cast<const T*>(v), static_cast<const T*>(bias), static_cast<const T*>(out), lse,
+                             workspace, static_cast<T*>(grad_q), static_cast<T*>(grad_k), static_cast<T*>(grad_v),
+                             static_cast<T*>(grad_bias), s, scale, stream);
   });
 }
 

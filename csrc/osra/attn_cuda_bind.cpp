@@ -1,4 +1,6 @@
 // OSRA attention CUDA entry points: allocation and workspaces, device guard, torch's current stream.
+#include <limits>
+
 #include "cuda_binding.h"
 #include "osra/attn.h"
 #include "osra/attn_launch.h"
@@ -20,6 +22,11 @@ std::tuple<at::Tensor, at::Tensor> osra_attention_forward_cuda(const at::Tensor&
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty_like(q, at::MemoryFormat::Contiguous);
   auto lse = at::empty({s.B, s.H, s.N}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0 || s.M == 0) {  // as on CPU: no keys, an undefined softmax
+    out.zero_();
+    lse.fill_(-std::numeric_limits<float>::infinity());
+    return {out, lse};
+  }
   check_launch(osra_cuda_forward(cuda_dtype(q, "osra_attention"), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                  bias ? bias->data_ptr() : nullptr, out.data_ptr(), lse.data_ptr<float>(), s,
                                  static_cast<float>(scale), at::cuda::getCurrentCUDAStream()),
@@ -38,13 +45,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> osra_attention_backwa
   auto grad_k = at::empty_like(k, at::MemoryFormat::Contiguous);
   auto grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
   auto grad_bias = want_grad_bias ? at::empty_like(*bias, at::MemoryFormat::Contiguous) : at::empty({0}, q.options());
-  const auto f32 = q.options().dtype(at::kFloat);
-  auto delta = at::empty({s.B * s.H * s.N}, f32);
-  auto partial = at::empty({2 * s.B * s.H * osra_cuda_query_chunks(s) * s.M * s.D}, f32);
-  check_launch(osra_cuda_backward(cuda_dtype(q, "osra_attention_backward"), grad_out.data_ptr(), q.data_ptr(),
-                                  k.data_ptr(), v.data_ptr(), bias ? bias->data_ptr() : nullptr, out.data_ptr(),
-                                  lse.data_ptr<float>(), delta.data_ptr<float>(), partial.data_ptr<float>(),
-                                  grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),
+  if (q.numel() == 0 || s.M == 0) {  // nothing flows back
+    grad_q.zero_();
+    grad_k.zero_();
+    grad_v.zero_();
+    if (want_grad_bias) grad_bias.zero_();
+    return {grad_q, grad_k, grad_v, grad_bias};
+  }
+  const DType dtype = cuda_dtype(q, "osra_attention_backward");
+  const int64_t workspace_floats = osra_cuda_backward_workspace(dtype, s, want_grad_bias);
+  auto workspace = at::empty({workspace_floats}, q.options().dtype(at::kFloat));
+  check_launch(osra_cuda_backward(dtype, grad_out.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                  bias ? bias->data_ptr() : nullptr, out.data_ptr(), lse.data_ptr<float>(),
+                                  workspace_floats > 0 ? workspace.data_ptr<float>() : nullptr, grad_q.data_ptr(),
+                                  grad_k.data_ptr(), grad_v.data_ptr(),
                                   want_grad_bias ? grad_bias.data_ptr() : nullptr, s, static_cast<float>(scale),
                                   at::cuda::getCurrentCUDAStream()),
                "osra_attention_backward");

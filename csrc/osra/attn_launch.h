@@ -15,18 +15,18 @@ struct AttnShape {
 
 constexpr int64_t kMaxCudaHeadDim = 128;
 
-// out (B,H,N,D), lse (B,H,N) float32. bias may be null.
+// out (B,H,N,D), lse (B,H,N) float32; bias (Bb,Hb,N,M) or null. Needs N, M >= 1.
 cudaError_t osra_cuda_forward(DType dtype, const void* q, const void* k, const void* v, const void* bias, void* out,
                               float* lse, const AttnShape& s, float scale, cudaStream_t stream);
 
-// Query chunks of the grad_k/grad_v partial sums: the workspace holds 2 * B*H*chunks*M*D floats.
-int64_t osra_cuda_query_chunks(const AttnShape& s);
+// Floats of fp32 workspace osra_cuda_backward needs for this shape on the current device (may be 0).
+int64_t osra_cuda_backward_workspace(DType dtype, const AttnShape& s, bool want_grad_bias);
 
-// grad_q, grad_k, grad_v, and grad_bias (Bb,Hb,N,M) when grad_bias is non-null. Workspaces: delta (B*H*N
-// floats) and dkv_partial (see osra_cuda_query_chunks). Deterministic: no atomics.
+// grad_q, grad_k, grad_v, and grad_bias (Bb,Hb,N,M) when grad_bias is non-null; `workspace` holds
+// osra_cuda_backward_workspace(...) floats. Deterministic: no atomics, fixed-order reductions. Needs N, M >= 1.
 cudaError_t osra_cuda_backward(DType dtype, const void* grad_out, const void* q, const void* k, const void* v,
-                               const void* bias, const void* out, const float* lse, float* delta, float* dkv_partial,
-                               void* grad_q, void* grad_k, void* grad_v, void* grad_bias, const AttnShape& s,
-                               float scale, cudaStream_t stream);
+                               const void* bias, const void* out, const float* lse, float* workspace, void* grad_q,
+                               void* grad_k, void* grad_v, void* grad_bias, const AttnShape& s, float scale,
+                               cudaStream_t stream);
 
 }  // namespace transxnet_ops
