@@ -211,17 +211,16 @@ def _attn_bwd_small(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr,
         bias_off = offs_n[:, None] * M + offs_m[None, :]
         q_off = _offsets(offs_n, offs_d, n_ld, D, Q_COLS)
         do_off = _offsets(offs_n, offs_d, n_ld, D, DO_COLS)
-        shared_add = key_mask
-        if HAS_BIAS and not BIAS_PER_BATCH:
-            shared_add = _bias_log2(bias_h, bias_off, bias_mask, key_mask, IS_FP64)
         dbias = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_ty)
         for b in range(b_lo, b_hi):
             b = tl.cast(b, tl.int64)
             bh = b * H + h
             q = tl.load(_slice(q_ptr, b, h, q_sb, q_sh, VEC) + q_off, mask=q_mask, other=0.0)
             k = tl.load(_slice(k_ptr, b, h, k_sb, k_sh, VEC) + k_off, mask=kv_mask, other=0.0)
-            s_add = shared_add
-            if HAS_BIAS and BIAS_PER_BATCH:
+            # The bias tile is reloaded per b (an L1/L2 hit when shared across the batch; bias_sb = 0) rather than
+            # kept: beside the dbias sum it would pin a second fp32 score tile in registers across the loop.
+            s_add = key_mask
+            if HAS_BIAS:
                 s_add = _bias_log2(bias_h + b * bias_sb, bias_off, bias_mask, key_mask, IS_FP64)
             s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
             do = tl.load(_slice(do_ptr, b, h, do_sb, do_sh, VEC) + do_off, mask=q_mask, other=0.0)

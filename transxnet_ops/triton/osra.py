@@ -33,8 +33,8 @@ from ._osra_kernels import (_attn_bwd_dbias_tiled, _attn_bwd_dkdv_tiled, _attn_b
 from ._register import kernel_op, launch
 
 SMALL_M_MAX = 128     # forward: every key in one tile up to here (TransXNet: M = 49 -> BLOCK_M = 64)
-ONE_PASS_M_MAX = 64   # backward: one pass up to here, with d <= ONE_PASS_D_MAX (register budget)
-ONE_PASS_D_MAX = 32
+ONE_PASS_M_MAX = 64   # backward: one pass up to here, with d <= ONE_PASS_D_MAX, d % 4 == 0 (register budget)
+ONE_PASS_D_MAX = 28
 MAX_HEAD_DIM = 256  # one tile spans the head dim
 _TILED_BLOCK_M = 64
 _REDUCE_BLOCK = 1024
@@ -94,18 +94,19 @@ def _launch_options(kernel, dtype, D, cols=False):
     """Warps, pipeline stages and (where it differs) query rows per step, per kernel: the spill-free choices of
     the sm_90 register study. fp32 runs tf32x3, whose split operands take twice the registers: shorter steps."""
     fp32, wide = dtype == torch.float32, D > 64
-    if kernel == "one_pass":  # column-major q/dO spill in the inner loop with deeper pipelining
-        return dict(num_warps=4, num_stages=1 if cols else 3)
-    if fp32 and D > 32:
+    if kernel == "one_pass":  # 4 warps spill at every studied d; 8 warps are spill-free only unpipelined
+        return dict(num_warps=8, num_stages=1)
+    if fp32 and D <= 32:  # the TransXNet head dims: unpipelined forward and dbias; dq on 32-key steps
+        return {"fwd": dict(num_warps=4, num_stages=1),
+                "dq": dict(BLOCK_M=32, num_warps=4, num_stages=2),
+                "dkdv": dict(BLOCK_N=16, num_warps=4, num_stages=1),
+                "dbias": dict(num_warps=8, num_stages=1)}[kernel]
+    if fp32:
         return {"fwd": dict(BLOCK_N=16, num_warps=4, num_stages=1),
                 "dq": dict(BLOCK_N=32, num_warps=8, num_stages=1),
                 "dkdv": dict(BLOCK_N=16, num_warps=4, num_stages=1),
                 "dbias": dict(BLOCK_N=64 if wide else 32, num_warps=8, num_stages=1)}[kernel]
-    if kernel in ("fwd", "dq"):
-        return dict(num_warps=8 if wide else 4, num_stages=2 if fp32 else 3)
-    if kernel == "dkdv" and fp32:  # p^T and dS^T are the A operands: split in two for tf32x3, keep them short
-        return dict(BLOCK_N=16, num_warps=4, num_stages=1)
-    return dict(num_warps=8 if fp32 or wide else 4, num_stages=3)  # dkdv, dbias
+    return dict(num_warps=8 if wide else 4, num_stages=3)
 
 
 def _forward_config(M, D, dtype):
@@ -118,10 +119,12 @@ def _forward_config(M, D, dtype):
 
 
 def _backward_config(M, D, dtype):
-    """The one-pass kernel keeps S, P, dS, the dbias sum and the bias tile (64 x BLOCK_M each) in registers: with
-    BLOCK_M <= 64, d <= 32 and 16-bit inputs (TransXNet) it fits 255 registers; larger key sets or heads, and fp32
-    (tf32x3 operands), take the tiled kernels. fp64 (interpreter, gradcheck) follows the 16-bit choice."""
-    one_pass = M <= ONE_PASS_M_MAX and D <= ONE_PASS_D_MAX and dtype != torch.float32
+    """The one-pass kernel keeps S/P, dP/dS and the dbias sum (64 x BLOCK_M fp32 each) in registers: the sm_90
+    study finds it spill-free (8 warps) for 16-bit inputs with BLOCK_M <= 64 and d in {8, ..., 28} a multiple of 4
+    (TransXNet-T); d = 32 in the model's column-major layout and odd d (unvectorised loads: TransXNet-B's 19, 21)
+    spill, and fp32 (tf32x3 splits every operand) is over budget: those take the tiled kernels. fp64 (interpreter,
+    gradcheck) follows the 16-bit choice."""
+    one_pass = M <= ONE_PASS_M_MAX and D <= ONE_PASS_D_MAX and D % 4 == 0 and dtype != torch.float32
     return one_pass, _tiles(M, D, one_pass)
 
 
