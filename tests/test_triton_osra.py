@@ -103,11 +103,11 @@ def _check(shape, dtype, bias_kind="1HNM", layout="rows", bias_grad=True, plan_e
     return plan
 
 
-# (B, H, N, M, D): TransXNet-like d (24, 28), d = 1 and 8 (padded to 16), 64, 128; N = 1, M = 1; sizes that are
-# no multiple of any block; several query blocks (N > 64); M = 49 (the model), M = 128 (the largest one-tile key
-# set), M = 130 and 200 (tiled path: 3-4 key blocks, ragged).
+# (B, H, N, M, D): TransXNet-like d (24, 28), d = 1 and 8 (padded to 16), 64, 128, 72 (fp32: head-dim chunks of 64,
+# the last ragged); N = 1, M = 1; sizes that are no multiple of any block; several query blocks (N > 64); M = 49
+# (the model), M = 128 (the largest one-tile key set), M = 130 and 200 (tiled path: 3-4 key blocks, ragged).
 SHAPES = [(2, 1, 70, 49, 24), (1, 2, 33, 49, 28), (2, 2, 1, 5, 8), (1, 1, 9, 1, 1), (1, 2, 17, 128, 16),
-          (1, 1, 20, 31, 64), (1, 1, 5, 7, 128), (2, 1, 70, 130, 24), (1, 2, 9, 200, 8)]
+          (1, 1, 20, 31, 64), (1, 1, 5, 7, 128), (1, 2, 19, 70, 72), (2, 1, 70, 130, 24), (1, 2, 9, 200, 8)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -281,7 +281,8 @@ CASES = [((4, 2, 200, 49, 24), torch.bfloat16, (1, 2, 200, 49), False),   # one 
          ((4, 2, 200, 49, 24), torch.float32, (4, 1, 200, 49), True),     # fp32 (tf32x3), per-batch bias
          ((4, 2, 40, 49, 28), torch.float16, None, False),                # one query block: dk/dv direct
          ((2, 2, 300, 200, 64), torch.bfloat16, (1, 2, 300, 200), False),  # tiled path
-         ((2, 2, 300, 200, 64), torch.float32, (2, 2, 300, 200), True)]
+         ((2, 2, 300, 200, 64), torch.float32, (2, 2, 300, 200), True),
+         ((2, 2, 300, 200, 96), torch.float32, (1, 2, 300, 200), False)]  # fp32 head-dim chunks (SPLIT_D)
 for shape, dtype, bias_shape, cols in CASES:
     for kernel, grid, args, kwargs in launches(*shape, dtype, bias_shape, cols):
         for float_type in ("fp32", "fp64"):

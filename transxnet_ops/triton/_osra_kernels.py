@@ -103,13 +103,44 @@ def _scores_log2(q, k, s_add, qk_scale, IS_FP32: tl.constexpr, IS_FP64: tl.const
 
 
 @triton.jit
-def _grad_scores(s_log2, lse, do, v, delta, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr):
-    """p = exp(S - lse) and dS = p (dO V^T - delta) of one tile. Rows past N (q, dO, lse, delta loaded as 0) have
+def _softmax_grad(s_log2, lse, dp, delta, IS_FP64: tl.constexpr):
+    """p = exp(S - lse) and dS = p (dP - delta) of one tile. Rows past N (q, dO, lse, delta loaded as 0) have
     finite p and dS = 0, and contribute nothing to dv = p^T dO: no row mask needed."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     p = tl.exp2(s_log2 - (lse.to(acc_ty) * LOG2E)[:, None])
-    dp = _dot(do, tl.trans(v), IS_FP32, IS_FP64).to(acc_ty)
     return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _grad_scores(s_log2, lse, do, v, delta, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr):
+    """_softmax_grad with dP = dO V^T."""
+    dp = _dot(do, tl.trans(v), IS_FP32, IS_FP64).to(tl.float64 if IS_FP64 else tl.float32)
+    return _softmax_grad(s_log2, lse, dp, delta, IS_FP64)
+
+
+@triton.jit
+def _scores_by_chunks(q_base, k_base, do_base, v_base, offs_n, offs_m, n_ok, m_ok, n_ld, m_ld, s_add, qk_scale,
+                      D: tl.constexpr, Q_COLS: tl.constexpr, K_COLS: tl.constexpr, DO_COLS: tl.constexpr,
+                      V_COLS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(S in the log2 domain, dP = dO V^T) of one tile, both dots summed over head-dim chunks of BLOCK_D in a loop:
+    one chunk of q, k, dO and V is live at a time (SPLIT_D: fp32 with d > 64, whose tf32x3 dots hold every operand
+    split in two, overflows the register file with whole rows)."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    qk = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_ty)
+    dp = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_ty)
+    for start in range(0, D, BLOCK_D):
+        offs_d = start + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        q_mask = n_ok[:, None] & d_ok[None, :]
+        kv_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + _offsets(offs_n, offs_d, n_ld, D, Q_COLS), mask=q_mask, other=0.0)
+        k = tl.load(k_base + _offsets(offs_m, offs_d, m_ld, D, K_COLS), mask=kv_mask, other=0.0)
+        qk = _dot(q, tl.trans(k), IS_FP32, IS_FP64, qk)
+        do = tl.load(do_base + _offsets(offs_n, offs_d, n_ld, D, DO_COLS), mask=q_mask, other=0.0)
+        v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
+        dp = _dot(do, tl.trans(v), IS_FP32, IS_FP64, dp)
+    return qk * qk_scale + s_add, dp
 
 
 # ---------------------------------------------------------------------------------------------------- small M
@@ -343,30 +374,43 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
                        D: tl.constexpr, VEC: tl.constexpr,
                        Q_COLS: tl.constexpr, K_COLS: tl.constexpr, V_COLS: tl.constexpr,
                        O_COLS: tl.constexpr, DO_COLS: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SPLIT_D: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program = (batch, query block, head): dq over all key blocks; also writes delta = rowsum(dO O) (B, H, N)
-    for the dk/dv and dbias kernels."""
+    """Program = (batch, query block x head-dim chunk, head): dq over all key blocks; also writes
+    delta = rowsum(dO O) (B, H, N) for the dk/dv and dbias kernels. One head-dim chunk covers D unless SPLIT_D:
+    then each program owns BLOCK_D columns of dq and sums the scores over chunks (_scores_by_chunks)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     n_ld, m_ld = N_LD * VEC, M_LD * VEC  # column-major leading dims (N, M), alignment known
     sm_scale = _scale(scale, scale_lo, IS_FP64)
     qk_scale = sm_scale * LOG2E
+    n_d_chunks: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D if SPLIT_D else 1
     b = tl.cast(tl.program_id(0), tl.int64)  # batch fastest: programs running together share the bias tiles
     h = tl.cast(tl.program_id(2), tl.int64)
+    d_chunk = tl.program_id(1) % n_d_chunks
     bh = b * H + h
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = (tl.program_id(1) // n_d_chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = d_chunk * BLOCK_D + tl.arange(0, BLOCK_D)
     n_ok, d_ok = offs_n < N, offs_d < D
     q_mask = n_ok[:, None] & d_ok[None, :]
-    q = tl.load(_slice(q_ptr, b, h, q_sb, q_sh, VEC) + _offsets(offs_n, offs_d, n_ld, D, Q_COLS),
-                mask=q_mask, other=0.0)
-    do = tl.load(_slice(do_ptr, b, h, do_sb, do_sh, VEC) + _offsets(offs_n, offs_d, n_ld, D, DO_COLS),
-                 mask=q_mask, other=0.0)
-    o = tl.load(_slice(out_ptr, b, h, o_sb, o_sh, VEC) + _offsets(offs_n, offs_d, n_ld, D, O_COLS),
-                mask=q_mask, other=0.0)
+    q_base = _slice(q_ptr, b, h, q_sb, q_sh, VEC)
+    do_base = _slice(do_ptr, b, h, do_sb, do_sh, VEC)
+    o_base = _slice(out_ptr, b, h, o_sb, o_sh, VEC)
     lse = tl.load(lse_ptr + bh * N + offs_n, mask=n_ok, other=0.0)
-    delta = tl.sum(do.to(acc_ty) * o.to(acc_ty), axis=1)
-    tl.store(delta_ptr + bh * N + offs_n, delta.to(delta_ptr.dtype.element_ty), mask=n_ok)
+    if SPLIT_D:
+        delta = tl.zeros([BLOCK_N], dtype=acc_ty)
+        for start in range(0, D, BLOCK_D):
+            offs_c = start + tl.arange(0, BLOCK_D)
+            c_mask = n_ok[:, None] & (offs_c < D)[None, :]
+            do = tl.load(do_base + _offsets(offs_n, offs_c, n_ld, D, DO_COLS), mask=c_mask, other=0.0)
+            o = tl.load(o_base + _offsets(offs_n, offs_c, n_ld, D, O_COLS), mask=c_mask, other=0.0)
+            delta += tl.sum(do.to(acc_ty) * o.to(acc_ty), axis=1)
+        tl.store(delta_ptr + bh * N + offs_n, delta.to(delta_ptr.dtype.element_ty), mask=n_ok & (d_chunk == 0))
+    else:
+        q = tl.load(q_base + _offsets(offs_n, offs_d, n_ld, D, Q_COLS), mask=q_mask, other=0.0)
+        do = tl.load(do_base + _offsets(offs_n, offs_d, n_ld, D, DO_COLS), mask=q_mask, other=0.0)
+        o = tl.load(o_base + _offsets(offs_n, offs_d, n_ld, D, O_COLS), mask=q_mask, other=0.0)
+        delta = tl.sum(do.to(acc_ty) * o.to(acc_ty), axis=1)
+        tl.store(delta_ptr + bh * N + offs_n, delta.to(delta_ptr.dtype.element_ty), mask=n_ok)
     k_base = _slice(k_ptr, b, h, k_sb, k_sh, VEC)
     v_base = _slice(v_ptr, b, h, v_sb, v_sh, VEC)
     bias_base = bias_ptr + b * bias_sb + h * bias_sh
@@ -376,13 +420,19 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
         m_ok = offs_m < M
         kv_mask = m_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + _offsets(offs_m, offs_d, m_ld, D, K_COLS), mask=kv_mask, other=0.0)
-        v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
         s_add = _key_mask(m_ok, IS_FP64)
         if HAS_BIAS:
             s_add = _bias_log2(bias_base, offs_n[:, None] * M + offs_m[None, :], n_ok[:, None] & m_ok[None, :],
                                s_add, IS_FP64)
-        s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
-        _, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
+        if SPLIT_D:
+            s, dp = _scores_by_chunks(q_base, k_base, do_base, v_base, offs_n, offs_m, n_ok, m_ok, n_ld, m_ld,
+                                      s_add, qk_scale, D, Q_COLS, K_COLS, DO_COLS, V_COLS, IS_FP32, IS_FP64,
+                                      BLOCK_N, BLOCK_M, BLOCK_D)
+            _, ds = _softmax_grad(s, lse, dp, delta, IS_FP64)
+        else:
+            v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
+            s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
+            _, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
         dq += _dot(ds.to(k.dtype), k, IS_FP32, IS_FP64).to(acc_ty)
     tl.store(dq_ptr + bh * N * D + _offsets(offs_n, offs_d, N, D, False),
              (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
@@ -395,26 +445,29 @@ def _attn_bwd_dkdv_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_p
                          D: tl.constexpr, VEC: tl.constexpr,
                          Q_COLS: tl.constexpr, K_COLS: tl.constexpr, V_COLS: tl.constexpr,
                          DO_COLS: tl.constexpr, HAS_BIAS: tl.constexpr, KV_DIRECT: tl.constexpr,
-                         IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
+                         SPLIT_D: tl.constexpr, IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program = (query split * batch, key block, head): dk, dv of the key block summed over the split's query
-    blocks in registers; written to the outputs (KV_DIRECT: one split) or to fp32 partials (splits, B, H, M, D)."""
+    """Program = (query split * batch, key block x head-dim chunk, head): dk, dv of the key block summed over the
+    split's query blocks in registers; written to the outputs (KV_DIRECT: one split) or to fp32 partials
+    (splits, B, H, M, D). SPLIT_D: each program owns BLOCK_D columns of dk/dv (see _attn_bwd_dq_tiled)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     n_ld, m_ld = N_LD * VEC, M_LD * VEC  # column-major leading dims (N, M), alignment known
     sm_scale = _scale(scale, scale_lo, IS_FP64)
     qk_scale = sm_scale * LOG2E
+    n_d_chunks: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D if SPLIT_D else 1
     b = tl.cast(tl.program_id(0) % B, tl.int64)  # batch fastest: programs running together share the bias tiles
     split = tl.program_id(0) // B
     h = tl.cast(tl.program_id(2), tl.int64)
     bh = b * H + h
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = (tl.program_id(1) // n_d_chunks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = (tl.program_id(1) % n_d_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
     m_ok, d_ok = offs_m < M, offs_d < D
     kv_mask = m_ok[:, None] & d_ok[None, :]
-    k = tl.load(_slice(k_ptr, b, h, k_sb, k_sh, VEC) + _offsets(offs_m, offs_d, m_ld, D, K_COLS),
-                mask=kv_mask, other=0.0)
-    v = tl.load(_slice(v_ptr, b, h, v_sb, v_sh, VEC) + _offsets(offs_m, offs_d, m_ld, D, V_COLS),
-                mask=kv_mask, other=0.0)
+    k_base = _slice(k_ptr, b, h, k_sb, k_sh, VEC)
+    v_base = _slice(v_ptr, b, h, v_sb, v_sh, VEC)
+    if not SPLIT_D:
+        k = tl.load(k_base + _offsets(offs_m, offs_d, m_ld, D, K_COLS), mask=kv_mask, other=0.0)
+        v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
     q_base = _slice(q_ptr, b, h, q_sb, q_sh, VEC)
     do_base = _slice(do_ptr, b, h, do_sb, do_sh, VEC)
     bias_base = bias_ptr + b * bias_sb + h * bias_sh
@@ -434,8 +487,14 @@ def _attn_bwd_dkdv_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_p
         if HAS_BIAS:
             s_add = _bias_log2(bias_base, offs_n[:, None] * M + offs_m[None, :], n_ok[:, None] & m_ok[None, :],
                                s_add, IS_FP64)
-        s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
-        p, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
+        if SPLIT_D:
+            s, dp = _scores_by_chunks(q_base, k_base, do_base, v_base, offs_n, offs_m, n_ok, m_ok, n_ld, m_ld,
+                                      s_add, qk_scale, D, Q_COLS, K_COLS, DO_COLS, V_COLS, IS_FP32, IS_FP64,
+                                      BLOCK_N, BLOCK_M, BLOCK_D)
+            p, ds = _softmax_grad(s, lse, dp, delta, IS_FP64)
+        else:
+            s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
+            p, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
         dv += _dot(tl.trans(p).to(do.dtype), do, IS_FP32, IS_FP64).to(acc_ty)
         dk += _dot(tl.trans(ds).to(q.dtype), q, IS_FP32, IS_FP64).to(acc_ty)
     out_off = bh * M * D + _offsets(offs_m, offs_d, M, D, False)
@@ -451,11 +510,12 @@ def _attn_bwd_dbias_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_
                           B, H, N, M, N_LD, M_LD, scale, scale_lo, batch_chunk,
                           D: tl.constexpr, VEC: tl.constexpr,
                           Q_COLS: tl.constexpr, K_COLS: tl.constexpr, V_COLS: tl.constexpr,
-                          DO_COLS: tl.constexpr, BIAS_PER_BATCH: tl.constexpr,
+                          DO_COLS: tl.constexpr, BIAS_PER_BATCH: tl.constexpr, SPLIT_D: tl.constexpr,
                           IS_FP32: tl.constexpr, IS_FP64: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program = (query block x key block, head, batch chunk): dS summed over the chunk in registers, written as
-    an fp32 partial (n_batch_chunks, H, N, M), or per b ((B, H, N, M)) when BIAS_PER_BATCH."""
+    an fp32 partial (n_batch_chunks, H, N, M), or per b ((B, H, N, M)) when BIAS_PER_BATCH. SPLIT_D: the scores
+    are summed over head-dim chunks of BLOCK_D (_scores_by_chunks)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     n_ld, m_ld = N_LD * VEC, M_LD * VEC  # column-major leading dims (N, M), alignment known
     qk_scale = _scale(scale, scale_lo, IS_FP64) * LOG2E
@@ -480,21 +540,27 @@ def _attn_bwd_dbias_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_
     for b in range(b_lo, tl.minimum(b_lo + batch_chunk, B)):
         b = tl.cast(b, tl.int64)
         bh = b * H + h
-        q = tl.load(_slice(q_ptr, b, h, q_sb, q_sh, VEC) + _offsets(offs_n, offs_d, n_ld, D, Q_COLS),
-                    mask=q_mask, other=0.0)
-        do = tl.load(_slice(do_ptr, b, h, do_sb, do_sh, VEC) + _offsets(offs_n, offs_d, n_ld, D, DO_COLS), mask=q_mask,
-                     other=0.0)
-        k = tl.load(_slice(k_ptr, b, h, k_sb, k_sh, VEC) + _offsets(offs_m, offs_d, m_ld, D, K_COLS),
-                    mask=kv_mask, other=0.0)
-        v = tl.load(_slice(v_ptr, b, h, v_sb, v_sh, VEC) + _offsets(offs_m, offs_d, m_ld, D, V_COLS),
-                    mask=kv_mask, other=0.0)
+        q_base = _slice(q_ptr, b, h, q_sb, q_sh, VEC)
+        k_base = _slice(k_ptr, b, h, k_sb, k_sh, VEC)
+        v_base = _slice(v_ptr, b, h, v_sb, v_sh, VEC)
+        do_base = _slice(do_ptr, b, h, do_sb, do_sh, VEC)
         lse = tl.load(lse_ptr + bh * N + offs_n, mask=n_ok, other=0.0)
         delta = tl.load(delta_ptr + bh * N + offs_n, mask=n_ok, other=0.0).to(acc_ty)
         s_add = shared_add
         if BIAS_PER_BATCH:
             s_add = _bias_log2(bias_h + b * bias_sb, bias_off, bias_mask, key_mask, IS_FP64)
-        s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
-        _, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
+        if SPLIT_D:
+            s, dp = _scores_by_chunks(q_base, k_base, do_base, v_base, offs_n, offs_m, n_ok, m_ok, n_ld, m_ld,
+                                      s_add, qk_scale, D, Q_COLS, K_COLS, DO_COLS, V_COLS, IS_FP32, IS_FP64,
+                                      BLOCK_N, BLOCK_M, BLOCK_D)
+            _, ds = _softmax_grad(s, lse, dp, delta, IS_FP64)
+        else:
+            q = tl.load(q_base + _offsets(offs_n, offs_d, n_ld, D, Q_COLS), mask=q_mask, other=0.0)
+            do = tl.load(do_base + _offsets(offs_n, offs_d, n_ld, D, DO_COLS), mask=q_mask, other=0.0)
+            k = tl.load(k_base + _offsets(offs_m, offs_d, m_ld, D, K_COLS), mask=kv_mask, other=0.0)
+            v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
+            s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
+            _, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
         if BIAS_PER_BATCH:
             tl.store(dbias_ptr + bh * N * M + bias_off, ds.to(dbias_ptr.dtype.element_ty), mask=bias_mask)
         else:

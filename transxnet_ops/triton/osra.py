@@ -90,23 +90,35 @@ def _tiles(M, D, one_tile):
     return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d)
 
 
-def _launch_options(kernel, dtype, D, cols=False):
-    """Warps, pipeline stages and (where it differs) query rows per step, per kernel: the spill-free choices of
-    the sm_90 register study. fp32 runs tf32x3, whose split operands take twice the registers: shorter steps."""
-    fp32, wide = dtype == torch.float32, D > 64
-    if kernel == "one_pass":  # 4 warps spill at every studied d; 8 warps are spill-free only unpipelined
-        return dict(num_warps=8, num_stages=1)
+def _launch_options(kernel, dtype, D):
+    """Warps, pipeline stages and, where they differ from _tiles, block sizes per kernel: the spill-free choices of
+    the sm_90 register study (benchmarks/osra_triton_sm90.py). fp32 runs tf32x3, whose split operands take twice
+    the registers: shorter steps, and above d = 64 the tiled backward sums its scores over head-dim chunks of 64
+    (SPLIT_D; dq and dk/dv programs own 64 columns each)."""
+    fp32 = dtype == torch.float32
+    split = dict(SPLIT_D=False)
     if fp32 and D <= 32:  # the TransXNet head dims: unpipelined forward and dbias; dq on 32-key steps
         return {"fwd": dict(num_warps=4, num_stages=1),
-                "dq": dict(BLOCK_M=32, num_warps=4, num_stages=2),
-                "dkdv": dict(BLOCK_N=16, num_warps=4, num_stages=1),
-                "dbias": dict(num_warps=8, num_stages=1)}[kernel]
-    if fp32:
+                "dq": dict(BLOCK_M=32, num_warps=4, num_stages=2, **split),
+                "dkdv": dict(BLOCK_N=16, num_warps=4, num_stages=1, **split),
+                "dbias": dict(num_warps=8, num_stages=1, **split)}[kernel]
+    if fp32 and D <= 64:
         return {"fwd": dict(BLOCK_N=16, num_warps=4, num_stages=1),
-                "dq": dict(BLOCK_N=32, num_warps=8, num_stages=1),
-                "dkdv": dict(BLOCK_N=16, num_warps=4, num_stages=1),
-                "dbias": dict(BLOCK_N=64 if wide else 32, num_warps=8, num_stages=1)}[kernel]
-    return dict(num_warps=8 if wide else 4, num_stages=3)
+                "dq": dict(BLOCK_N=32, num_warps=8, num_stages=1, **split),
+                "dkdv": dict(BLOCK_N=16, BLOCK_M=32, num_warps=4, num_stages=1, **split),
+                "dbias": dict(BLOCK_N=64, BLOCK_M=32, num_warps=8, num_stages=1, **split)}[kernel]
+    if fp32:
+        split = dict(SPLIT_D=True, BLOCK_D=64)
+        return {"fwd": dict(BLOCK_N=16, BLOCK_M=32, num_warps=4, num_stages=1),
+                "dq": dict(BLOCK_N=16, BLOCK_M=32, num_warps=4, num_stages=1, **split),
+                "dkdv": dict(BLOCK_N=16, BLOCK_M=32, num_warps=4, num_stages=1, **split),
+                "dbias": dict(BLOCK_N=32, BLOCK_M=64, num_warps=8, num_stages=1, SPLIT_D=True, BLOCK_D=32)}[kernel]
+    return dict(num_warps=8 if D > 64 else 4, num_stages=3, **({} if kernel == "fwd" else split))
+
+
+def _head_dim_chunks(D, kmeta):
+    """Programs along the head dim of a tiled backward kernel: BLOCK_D columns each when SPLIT_D, else one."""
+    return -(-D // kmeta["BLOCK_D"]) if kmeta.get("SPLIT_D") else 1
 
 
 def _forward_config(M, D, dtype):
@@ -118,14 +130,21 @@ def _forward_config(M, D, dtype):
     return small, one_tile if small else _tiles(M, D, False)
 
 
-def _backward_config(M, D, dtype):
+def _backward_config(M, D, dtype, q_cols):
     """The one-pass kernel keeps S/P, dP/dS and the dbias sum (64 x BLOCK_M fp32 each) in registers: the sm_90
-    study finds it spill-free (8 warps) for 16-bit inputs with BLOCK_M <= 64 and d in {8, ..., 28} a multiple of 4
-    (TransXNet-T); d = 32 in the model's column-major layout and odd d (unvectorised loads: TransXNet-B's 19, 21)
-    spill, and fp32 (tf32x3 splits every operand) is over budget: those take the tiled kernels. fp64 (interpreter,
-    gradcheck) follows the 16-bit choice."""
+    study finds it spill-free (8 warps, unpipelined) for 16-bit inputs with BLOCK_M <= 64 and d in {8, ..., 28} a
+    multiple of 4 (TransXNet-T), except fp16 at d <= 24 (16-48 B where bf16 is clean): pipelined there for
+    row-major q (loads staged in shared memory), 32-query steps for column-major q. d = 32 in the model's
+    column-major layout and odd d (unvectorised loads: TransXNet-B's 19, 21) spill, and fp32 (tf32x3 splits every
+    operand) is over budget: those take the tiled kernels. fp64 (interpreter, gradcheck) follows the 16-bit choice.
+    The one-pass cfg carries its warps and stages; the tiled kernels' come from _launch_options."""
     one_pass = M <= ONE_PASS_M_MAX and D <= ONE_PASS_D_MAX and D % 4 == 0 and dtype != torch.float32
-    return one_pass, _tiles(M, D, one_pass)
+    cfg = _tiles(M, D, one_pass)
+    if one_pass:
+        cfg.update(num_warps=8, num_stages=1)  # 4 warps spill at every studied d
+        if dtype == torch.float16 and D <= 24:
+            cfg.update(dict(BLOCK_N=32) if q_cols else dict(num_stages=2))
+    return one_pass, cfg
 
 
 def _split_scale(scale):
@@ -265,7 +284,7 @@ class BackwardPlan(NamedTuple):
 def backward_plan(q, k, bias, bias_requires_grad):
     B, H, N, D = q.shape
     M = k.shape[2]
-    one_pass, cfg = _backward_config(M, D, q.dtype)
+    one_pass, cfg = _backward_config(M, D, q.dtype, _slice_layout(q) == "cols")
     sms = _num_sms(q.device)
     bias_grad = bias is not None and bias_requires_grad
     chunk_bias = bias_grad and not _bias_per_batch(bias)  # dbias partial per batch chunk (else per b)
@@ -289,12 +308,14 @@ def backward_plan(q, k, bias, bias_requires_grad):
     else:
         n_key_blocks_ = -(-M_ // cfg["BLOCK_M"])
         reads = n_key_blocks_ * B_ * H_ * N_ * 2 * D_ * elem  # q and dO, once per key block
-        kv_block_n = _launch_options("dkdv", q.dtype, D).get("BLOCK_N", cfg["BLOCK_N"])  # splits in its blocks
+        kv_cfg = {**cfg, **_launch_options("dkdv", q.dtype, D)}  # the dk/dv splits count its own blocks
+        kv_block_n = kv_cfg["BLOCK_N"]
         kv_blocks_ = -(-N_ // kv_block_n)
+        kv_programs_ = -(-M_ // kv_cfg["BLOCK_M"]) * _head_dim_chunks(D_, kv_cfg) * H_ * B_
         options = []
         for per_split in _chunk_sizes(kv_blocks_):
             n_q = -(-kv_blocks_ // per_split)
-            options.append((n_key_blocks_ * H_ * B_ * n_q, reads + (n_q * kv_bytes if n_q > 1 else 0), per_split))
+            options.append((kv_programs_ * n_q, reads + (n_q * kv_bytes if n_q > 1 else 0), per_split))
         query_chunk = _pick_split(options, sms)
         kv_direct = N <= query_chunk * kv_block_n
         options = []
@@ -374,30 +395,34 @@ def launch_backward(plan, grad_out, q, k, v, bias, out, lse, scale, grad_q, grad
     meta = dict(**ops.meta(D), **_dtype_flags(q.dtype), **cfg)
 
     def options(kernel):
-        return _launch_options(kernel, q.dtype, D, ops.cols["q"])
+        return {**meta, **_launch_options(kernel, q.dtype, D)}
+
+    def grid_blocks(kmeta, rows, block):  # row blocks x head-dim chunks, on one grid axis
+        return triton.cdiv(rows, kmeta[block]) * _head_dim_chunks(D, kmeta)
 
     if plan.one_pass:
         launch(_attn_bwd_small)[(plan.n_query_chunks, H, plan.n_batch_chunks)](
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, grad_q, dk, dv, dbias,
             *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales, plan.batch_chunk, plan.query_chunk,
             HAS_BIAS=bias is not None, BIAS_GRAD=bias_grad, BIAS_PER_BATCH=per_batch, KV_DIRECT=plan.kv_direct,
-            **{**meta, **options("one_pass")})
+            **meta)
     else:
-        n_key_blocks = triton.cdiv(M, cfg["BLOCK_M"])
         delta = ws["delta"]
-        dq_meta = {**meta, **options("dq")}
-        launch(_attn_bwd_dq_tiled)[(B, triton.cdiv(N, dq_meta["BLOCK_N"]), H)](
+        dq_meta = options("dq")
+        launch(_attn_bwd_dq_tiled)[(B, grid_blocks(dq_meta, N, "BLOCK_N"), H)](
             t["q"], t["k"], t["v"], bias_arg, t["o"], t["do"], lse, grad_q, delta,
             *qkv, *st["o"], *st["do"], *_bh_strides(bias), H, N, M, *scales, HAS_BIAS=bias is not None, **dq_meta)
         meta.pop("O_COLS")
-        launch(_attn_bwd_dkdv_tiled)[(B * plan.n_query_chunks, n_key_blocks, H)](
+        kv_meta = options("dkdv")
+        launch(_attn_bwd_dkdv_tiled)[(B * plan.n_query_chunks, grid_blocks(kv_meta, M, "BLOCK_M"), H)](
             t["q"], t["k"], t["v"], bias_arg, t["do"], lse, delta, dk, dv,
             *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales, plan.query_chunk,
-            HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **{**meta, **options("dkdv")})
+            HAS_BIAS=bias is not None, KV_DIRECT=plan.kv_direct, **kv_meta)
         if bias_grad:
             n_chunks = B if per_batch else plan.n_batch_chunks
-            db_meta = {**meta, **options("dbias")}
-            launch(_attn_bwd_dbias_tiled)[(triton.cdiv(N, db_meta["BLOCK_N"]) * n_key_blocks, H, n_chunks)](
+            db_meta = options("dbias")
+            n_tiles = triton.cdiv(N, db_meta["BLOCK_N"]) * triton.cdiv(M, db_meta["BLOCK_M"])
+            launch(_attn_bwd_dbias_tiled)[(n_tiles, H, n_chunks)](
                 t["q"], t["k"], t["v"], bias, t["do"], lse, delta, dbias,
                 *qkv, *st["do"], *_bh_strides(bias), B, H, N, M, *scales,
                 1 if per_batch else plan.batch_chunk, BIAS_PER_BATCH=per_batch, **db_meta)
