@@ -144,6 +144,15 @@ def test_layouts(layout, M, dtype):
     _check((2, 2, 37, M, 24), dtype, "1HNM", layout)
 
 
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_fp16_one_pass_at_d24(layout):
+    """fp16 at d = 24 runs the one pass pipelined (rows) or on 32-query steps (cols: several query blocks, dk/dv
+    partials): the register choices of the sm_90 study."""
+    plan = _check((3, 2, 70, 49, 24), torch.float16, "1HNM", layout)
+    assert plan.one_pass and plan.cfg["BLOCK_N"] == (32 if layout == "cols" else 64)
+    assert not plan.kv_direct
+
+
 def test_expanded_grad_out():
     """out.sum().backward() hands the backward a stride-0 grad_out."""
     q, k, v, bias, _ = _inputs(2, 2, 12, 7, 16, torch.float32)

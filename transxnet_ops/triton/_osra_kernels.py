@@ -395,7 +395,6 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
     q_base = _slice(q_ptr, b, h, q_sb, q_sh, VEC)
     do_base = _slice(do_ptr, b, h, do_sb, do_sh, VEC)
     o_base = _slice(out_ptr, b, h, o_sb, o_sh, VEC)
-    lse = tl.load(lse_ptr + bh * N + offs_n, mask=n_ok, other=0.0)
     if SPLIT_D:
         delta = tl.zeros([BLOCK_N], dtype=acc_ty)
         for start in range(0, D, BLOCK_D):
@@ -411,6 +410,7 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
         o = tl.load(o_base + _offsets(offs_n, offs_d, n_ld, D, O_COLS), mask=q_mask, other=0.0)
         delta = tl.sum(do.to(acc_ty) * o.to(acc_ty), axis=1)
         tl.store(delta_ptr + bh * N + offs_n, delta.to(delta_ptr.dtype.element_ty), mask=n_ok)
+    lse = tl.load(lse_ptr + bh * N + offs_n, mask=n_ok, other=0.0)
     k_base = _slice(k_ptr, b, h, k_sb, k_sh, VEC)
     v_base = _slice(v_ptr, b, h, v_sb, v_sh, VEC)
     bias_base = bias_ptr + b * bias_sb + h * bias_sh
@@ -420,6 +420,8 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
         m_ok = offs_m < M
         kv_mask = m_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + _offsets(offs_m, offs_d, m_ld, D, K_COLS), mask=kv_mask, other=0.0)
+        if not SPLIT_D:
+            v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
         s_add = _key_mask(m_ok, IS_FP64)
         if HAS_BIAS:
             s_add = _bias_log2(bias_base, offs_n[:, None] * M + offs_m[None, :], n_ok[:, None] & m_ok[None, :],
@@ -430,7 +432,6 @@ def _attn_bwd_dq_tiled(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, do_ptr, lse_ptr, 
                                       BLOCK_N, BLOCK_M, BLOCK_D)
             _, ds = _softmax_grad(s, lse, dp, delta, IS_FP64)
         else:
-            v = tl.load(v_base + _offsets(offs_m, offs_d, m_ld, D, V_COLS), mask=kv_mask, other=0.0)
             s = _scores_log2(q, k, s_add, qk_scale, IS_FP32, IS_FP64)
             _, ds = _grad_scores(s, lse, do, v, delta, IS_FP32, IS_FP64)
         dq += _dot(ds.to(k.dtype), k, IS_FP32, IS_FP64).to(acc_ty)
