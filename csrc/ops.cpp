@@ -32,17 +32,34 @@ TORCH_LIBRARY(transxnet_ops, m) {
   m.def(
       "osra_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, "
       "Tensor out, Tensor lse, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "osra_reduce(Tensor x, Tensor conv1_weight, Tensor bn1_weight, Tensor bn1_bias, Tensor bn1_running_mean, "
+      "Tensor bn1_running_var, Tensor conv2_weight, Tensor bn2_weight, Tensor bn2_bias, Tensor bn2_running_mean, "
+      "Tensor bn2_running_var, Tensor local_weight, Tensor local_bias, int sr_ratio, float eps1, float eps2, "
+      "bool training, bool save_u) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "osra_reduce_backward(Tensor grad_out, Tensor x, Tensor u, Tensor stats, Tensor conv1_weight, "
+      "Tensor bn1_weight, Tensor bn1_bias, Tensor conv2_weight, Tensor bn2_weight, Tensor bn2_bias, "
+      "Tensor local_weight, Tensor local_bias, int sr_ratio, float eps1, float eps2, bool training) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "idconv_weights(Tensor logits, Tensor? bias_logits, Tensor weight, Tensor? bias) -> (Tensor, Tensor)");
+  m.def(
+      "idconv_weights_backward(Tensor grad_weight_out, Tensor grad_bias_out, Tensor logits, Tensor? bias_logits, "
+      "Tensor weight, Tensor? bias) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(transxnet_ops, CPU, m) {
   TRANSXNET_REGISTER_IMPLS(m, cpu)
   TRANSXNET_REGISTER_DWCONV(m, cpu)
+  TRANSXNET_REGISTER_REDUCE(m, cpu)
 }
 
 #ifdef TRANSXNET_WITH_CUDA
 TORCH_LIBRARY_IMPL(transxnet_ops, CUDA, m) {
   TRANSXNET_REGISTER_IMPLS(m, cuda)
   TRANSXNET_REGISTER_DWCONV(m, cuda)
+  TRANSXNET_REGISTER_REDUCE(m, cuda)
 }
 #endif
 

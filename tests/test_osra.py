@@ -72,7 +72,10 @@ def test_non_contiguous_inputs(backend, device):
 def test_gradcheck_float64(backend, device, bias_kind):
     inputs = make_inputs(2, 2, 5, 3, 4, torch.float64, device, bias_kind, requires_grad=True)
     fn = lambda q, k, v, b: transxnet_ops.osra_attention(q, k, v, b, backend=backend)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    # The Triton interpreter costs ~1 s a launch: the full Jacobian there only for the model's bias form, random
+    # directional derivatives (fast mode) for the others; the full Jacobian everywhere else.
+    fast = backend == "triton" and device == "cpu" and bias_kind != "1HNM"
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)

@@ -26,7 +26,7 @@ def _load_triton_ops():
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     try:
-        from .triton import dwconv, idconv, osra  # noqa: F401
+        from .triton import dwconv, idconv, idconv_weights, osra, reduce  # noqa: F401
     except Exception as exc:  # a broken triton install must not break the package
         return f"the Triton kernels failed to load ({type(exc).__name__}: {exc})"
     return None

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops, reduce
-from .pooling import pool_and_mean
+from .idconv_weights import idconv_weights
+from .pooling import pool_with_mean
 
 
 class ConvBN(nn.Sequential):
@@ -93,16 +94,18 @@ class IDConv2d(nn.Module):
         """The per-sample kernels (B, C, K, K) and bias (B, C) or None."""
         B, C = x.shape[:2]
         G, K = self.num_groups, self.K
-        pooled, mean = pool_and_mean(x, K)  # one pass over x for both
-        # The official code runs proj twice (KxK map, then global mean): BN statistics/updates follow that order.
-        scale = torch.softmax(self.proj(pooled).reshape(B, G, C, K, K), dim=1)
-        # sum over groups without materialising the (B, G, C, K, K) product
-        weight = torch.einsum("bgckl,gckl->bckl", scale, self.weight.to(scale.dtype))
-        bias = None
-        if self.bias is not None:
-            scale = torch.softmax(self.proj(mean.reshape(B, C, 1, 1)).reshape(B, G, C), dim=1)
-            bias = torch.einsum("bgc,gc->bc", scale, self.bias.to(scale.dtype))
-        return weight, bias
+        z = pool_with_mean(x, K)  # one pass over x: the KxK pool in z[..., :K, :K], the global mean at [K, K]
+        bn = self.proj[0].bn
+        if not bn.training and bn.track_running_stats:
+            # proj is per position in eval (BN affine): one GEMM chain serves the kernels and the bias
+            weight, bias = idconv_weights(self.proj(z), None, self.weight, self.bias, backend=self.backend)
+        else:
+            # training: proj runs twice, as officially (KxK map, then global mean): the BatchNorm's batch
+            # statistics and its two running-statistic updates follow that order
+            logits = self.proj(z[..., :K, :K])
+            bias_logits = None if self.bias is None else self.proj(z[..., K:, K:]).reshape(B, G * C)
+            weight, bias = idconv_weights(logits, bias_logits, self.weight, self.bias, backend=self.backend)
+        return weight, (bias if self.bias is not None else None)
 
     def forward(self, x):
         weight, bias = self.dynamic_weight_and_bias(x)
@@ -141,12 +144,15 @@ class OSRA(nn.Module):
         else:
             self.sr = nn.Identity()
         self.local_conv = DWConv2d(dim, 3, backend=backend)
+        if sr_ratio == 1:  # local_conv(x) + x as one conv: this 1 at the centre tap adds to local_conv's weight
+            self.register_buffer("residual_tap", reduce.residual_tap(self.local_conv), persistent=False)
 
     def forward(self, x, relative_pos_enc=None):
         B, C, H, W = x.shape
         heads = self.num_heads
         q = self.q(x).reshape(B, heads, C // heads, -1).transpose(-1, -2)
-        kv = reduce.reduce_keys(x, self.sr, self.local_conv, self.sr_ratio)
+        kv = reduce.reduce_keys(x, self.sr, self.local_conv, self.sr_ratio, backend=self.backend,
+                                centre_tap=getattr(self, "residual_tap", None))
         k, v = torch.chunk(self.kv(kv), chunks=2, dim=1)
         k = k.reshape(B, heads, C // heads, -1).transpose(-1, -2)
         v = v.reshape(B, heads, C // heads, -1).transpose(-1, -2)

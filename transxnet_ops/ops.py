@@ -86,17 +86,68 @@ def _register_native_fakes():
         torch.library.register_fake(f"{_NS}::{name}", fake)
 
 
+def _register_reduce_autograd(suffix):
+    """osra_reduce: differentiable in x and every parameter (not the running statistics); u and stats are
+    saved intermediates/statistics, not differentiable outputs."""
+    backward_name = f"osra_reduce_backward{suffix}"
+
+    def setup_context(ctx, inputs, output):
+        (x, w1, g1, b1, _rm1, _rv1, w2, g2, b2, _rm2, _rv2, w3, b3, sr_ratio, eps1, eps2, training, _save_u) = inputs
+        _out, u, stats = output
+        ctx.save_for_backward(x, u, stats, w1, g1, b1, w2, g2, b2, w3, b3)
+        ctx.config = (sr_ratio, eps1, eps2, training)
+        ctx.mark_non_differentiable(u, stats)
+
+    def backward(ctx, grad_out, _grad_u, _grad_stats):
+        x, u, stats, *params = ctx.saved_tensors
+        if u.numel() == 0 and x.numel() > 0:
+            raise RuntimeError("osra_reduce: backward needs the forward's u (call it with save_u=True)")
+        gx, gw1, gg1, gb1, gw2, gg2, gb2, gw3, gb3 = _op(backward_name)(grad_out, x, u, stats, *params, *ctx.config)
+        return gx, gw1, gg1, gb1, None, None, gw2, gg2, gb2, None, None, gw3, gb3, None, None, None, None, None
+
+    torch.library.register_autograd(f"{_NS}::osra_reduce{suffix}", backward, setup_context=setup_context)
+
+
+def _register_idconv_weights_autograd(suffix):
+    backward_name = f"idconv_weights_backward{suffix}"
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)  # logits, bias_logits, weight, bias (None entries allowed)
+
+    def backward(ctx, grad_weight_out, grad_bias_out):
+        logits, bias_logits, weight, bias = ctx.saved_tensors
+        grads = _op(backward_name)(grad_weight_out, grad_bias_out, logits, bias_logits, weight, bias)
+        grad_logits, grad_bias_logits, grad_weight, grad_bias = grads
+        return (grad_logits, grad_bias_logits if bias_logits is not None else None, grad_weight,
+                grad_bias if bias is not None else None)
+
+    torch.library.register_autograd(f"{_NS}::idconv_weights{suffix}", backward, setup_context=setup_context)
+
+
+def _register_native_reduce_fakes():
+    for name, fake in [("osra_reduce", _fakes.osra_reduce_fake),
+                       ("osra_reduce_backward", _fakes.osra_reduce_backward_fake),
+                       ("idconv_weights", _fakes.idconv_weights_fake),
+                       ("idconv_weights_backward", _fakes.idconv_weights_backward_fake)]:
+        torch.library.register_fake(f"{_NS}::{name}", fake)
+
+
 if _ext.has_cpu_kernels():
     _register_native_fakes()
     _register_idconv_autograd("")
     _register_dwconv_autograd("")
     _register_attention_autograd("")
+    _register_native_reduce_fakes()
+    _register_reduce_autograd("")
+    _register_idconv_weights_autograd("")
 
 if _ext.has_triton():
     _register_idconv_autograd("_triton")
     if hasattr(getattr(torch.ops, _NS), "dwconv2d_triton"):
         _register_dwconv_autograd("_triton")
     _register_attention_autograd("_triton")
+    _register_reduce_autograd("_triton")
+    _register_idconv_weights_autograd("_triton")
 
 _SUFFIX = {"cpu": "", "cuda": "", "triton": "_triton"}
 

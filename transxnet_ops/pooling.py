@@ -37,6 +37,13 @@ def _pool_matrix(size, K, like):
 
 def pool_and_mean(x: torch.Tensor, K: int):
     """x (B, C, H, W) -> (adaptive_avg_pool2d(x, K) as (B, C, K, K), x.mean((2, 3)) as (B, C))."""
+    z = pool_with_mean(x, K)
+    return z[..., :K, :K], z[..., K, K]
+
+
+def pool_with_mean(x: torch.Tensor, K: int):
+    """x (B, C, H, W) -> z (B, C, K + 1, K + 1): adaptive_avg_pool2d(x, K) in z[..., :K, :K], x.mean((2, 3)) in
+    z[..., K, K] (the other entries of row/column K are mixed averages that callers ignore)."""
     H, W = x.shape[-2:]
     A_h, A_w = _pool_matrix(H, K, x), _pool_matrix(W, K, x)
     # Contract the longer axis first so the intermediate is the smaller one; x is read exactly once.
@@ -44,4 +51,4 @@ def pool_and_mean(x: torch.Tensor, K: int):
         z = A_h @ (x @ A_w.t())
     else:
         z = (A_h @ x) @ A_w.t()
-    return z[..., :K, :K], z[..., K, K]
+    return z

@@ -2,11 +2,12 @@
 // batch chunks of the static-weight gradient) and launches the kernels of depthwise_kernels.cuh.
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <vector>
 
+#include "depthwise/depthwise_device.h"
 #include "depthwise/depthwise_kernels.cuh"
 #include "depthwise/depthwise_launch.h"
+#include "depthwise/depthwise_nhwc_launch.h"
 
 namespace transxnet_ops {
 namespace {
@@ -20,34 +21,6 @@ constexpr size_t kBackwardSmemBudget = 113 * 1024;
 constexpr size_t kSmemReservedPerBlock = 1024;
 // Static-weight gradients: at most this many batch chunks (rows of fp32 partials) per segment.
 constexpr int64_t kMaxBatchChunks = 64;
-
-struct Device {
-  int sms = 132;
-  size_t smem_optin = 227 * 1024;   // per block
-  size_t smem_per_sm = 228 * 1024;
-};
-
-Device query_device(int dev) {
-  Device d;
-  int v = 0;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0) d.sms = v;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && v > 0)
-    d.smem_optin = static_cast<size_t>(v);
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) == cudaSuccess && v > 0)
-    d.smem_per_sm = static_cast<size_t>(v);
-  return d;
-}
-
-// The current device's properties, queried once per device (at the first launch, never at import).
-Device current_device() {
-  constexpr int kMaxDevices = 64;
-  static std::once_flag once[kMaxDevices];
-  static Device cache[kMaxDevices];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return Device{};
-  std::call_once(once[dev], [dev] { cache[dev] = query_device(dev); });
-  return cache[dev];
-}
 
 int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
@@ -192,20 +165,6 @@ bool vec_store(int W, size_t elem, std::initializer_list<const void*> ptrs) {
   return ok;
 }
 
-// Kernels above 48 KB of dynamic shared memory must opt in (per device); remember the largest size granted.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes, std::atomic<size_t>* granted) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  std::atomic<size_t>& g = granted[dev % 64];
-  if (g.load() >= bytes) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err == cudaSuccess) g.store(bytes);
-  return err;
-}
-
 bool valid(const DepthwiseProblem& pr) {
   if (pr.num_segments <= 0 || pr.batch < 0 || pr.channels < 0 || pr.height < 0 || pr.width < 0) return false;
   if (pr.height > INT32_MAX / 2 || pr.width > INT32_MAX / 2 || pr.channels > INT32_MAX) return false;
@@ -234,6 +193,7 @@ cudaError_t depthwise_cuda_forward(DType dtype, const DepthwiseProblem& pr, cons
                                    const void* bias, void* y, cudaStream_t stream) {
   if (!valid(pr)) return cudaErrorInvalidValue;
   if (empty(pr)) return cudaSuccess;
+  if (pr.layout.channels_last) return depthwise_nhwc_forward(dtype, pr, x, weight, bias, y, stream);
   const Plan plan = make_plan(pr, /*backward=*/false);
   const size_t elem = element_size(dtype);
   const int vec = stage_vec(pr.width, elem, {x});
@@ -256,6 +216,7 @@ cudaError_t depthwise_cuda_forward(DType dtype, const DepthwiseProblem& pr, cons
 
 int64_t depthwise_cuda_backward_workspace(const DepthwiseProblem& pr) {
   if (!valid(pr) || empty(pr)) return 0;
+  if (pr.layout.channels_last) return depthwise_nhwc_backward_workspace(pr);
   const Plan plan = make_plan(pr, /*backward=*/true);
   return plan.partials ? plan.partial_rows * plan.slots : 0;
 }
@@ -265,6 +226,8 @@ cudaError_t depthwise_cuda_backward(DType dtype, const DepthwiseProblem& pr, con
                                     float* workspace, cudaStream_t stream) {
   if (!valid(pr)) return cudaErrorInvalidValue;
   if (empty(pr)) return cudaSuccess;  // the binding zero-fills gradients of empty problems
+  if (pr.layout.channels_last)
+    return depthwise_nhwc_backward(dtype, pr, grad_y, x, weight, grad_x, grad_weight, grad_bias, workspace, stream);
   const Plan plan = make_plan(pr, /*backward=*/true);
   if (plan.partials && workspace == nullptr) return cudaErrorInvalidValue;
   const size_t elem = element_size(dtype);

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda_dtype.h"
+#include "depthwise/depthwise_layout.h"
 
 namespace transxnet_ops {
 
@@ -15,14 +16,17 @@ struct DepthwiseSegment {
   int64_t kernel_size;
 };
 
-// x (B, C, H, W) contiguous; stride 1, zero padding k//2 per segment; segments cover the C channels in order.
+// x (B, C, H, W), contiguous NCHW or a channels-innermost (NHWC) view (`layout`; the outputs are laid out as the
+// layout says); stride 1, zero padding k//2 per segment; segments cover the C channels in order.
 // Static weights (per_sample_weights = false): weight 1-D, the concatenation over segments of their
 // (channels, 1, k, k) weights; bias (C,). Per-sample weights (IDConv, one segment): weight (B, C, k, k), bias (B, C).
+// Weights and biases are always contiguous.
 struct DepthwiseProblem {
   int64_t batch, channels, height, width;
   const DepthwiseSegment* segments;  // host array of num_segments entries
   int num_segments;
   bool per_sample_weights;
+  DepthwiseLayout layout;  // NCHW by default; NHWC problems run the kernels of depthwise_nhwc_kernels.cuh
 };
 
 constexpr int64_t kDepthwiseMaxKernelSize = 31;

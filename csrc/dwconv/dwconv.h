@@ -4,8 +4,9 @@
 //   segment s covers channels [c_s, c_s + split_sizes[s]) with kernel size k_s = kernel_sizes[s];
 //   weight is 1-D, the concatenation over segments of their (split_sizes[s], 1, k_s, k_s) weights flattened;
 //   y[b,c,h,w] = bias[c] + sum_{i,j < k_s} w_c[i,j] * x[b,c,h+i-k_s/2,w+j-k_s/2].
-// The device entry points receive tensors checked by check_dwconv_inputs (checks.h) and made contiguous NCHW;
-// they return contiguous outputs in the input dtype. grad_weight is reduced over the batch in a fixed order
+// The device entry points receive tensors checked by check_dwconv_inputs (checks.h) and made contiguous NCHW
+// (CUDA: channels-last inputs stay as they are, op_impls.h); outputs are in x's layout (activation_layout.h) and the
+// input dtype. grad_weight is reduced over the batch in a fixed order
 // (fp32 partials, no atomics); grad_bias is (C,) when bias_requires_grad, else an empty (0,) tensor.
 #pragma once
 #include <ATen/core/Tensor.h>

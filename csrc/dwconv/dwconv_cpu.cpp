@@ -1,82 +1,147 @@
-// Static (multi-scale) depthwise convolution on CPU: a direct loop per (b, c) plane.
-// Simple and exact; the weight/bias gradients are written as per-sample partials and summed over the batch in
-// a fixed order (deterministic for any thread count).
+// Static (multi-scale) depthwise convolution on CPU, on the depthwise kernel family (depthwise/depthwise_cpu.h):
+// every channel has one kernel, shared by the batch; each channel segment has its own kernel size.
+//
+// Work units: one channel (row layout) or up to `lanes` consecutive channels of one segment (packed layout).
+// Forward tasks are (sample, unit). Backward tasks are (unit, batch chunk): a task sweeps its planes sample by
+// sample, writing grad_x and adding the weight and bias gradients to per-lane accumulators, which it sums into
+// one partial per chunk; the partials are summed over the chunks in order afterwards. The chunk count depends on
+// the shape only, so the gradients are the same for any thread count (and no atomics). float16 / bfloat16 run in
+// float32.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
+#include "depthwise/depthwise_cpu.h"
 #include "dwconv/dwconv.h"
 
 namespace transxnet_ops {
 namespace {
 
-struct Segment {
-  int64_t c0, c1, k, weight_offset;  // channels [c0, c1), kernel size k, first tap in the packed weight
+using depthwise::PackedLayout;
+using depthwise::RowLayout;
+using depthwise::Workspace;
+
+struct Unit {
+  int64_t c0, n, K, tap0;  // channels [c0, c0 + n), kernel size, first tap of channel c0 in the packed weight
+  bool packed;
 };
 
-std::vector<Segment> segments_of(at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
-  std::vector<Segment> segs;
-  int64_t c = 0, off = 0;
+std::vector<Unit> units_of(at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes, int64_t W, int64_t lanes) {
+  std::vector<Unit> units;
+  const bool packed = depthwise::use_packed(W, lanes);
+  int64_t c = 0, tap = 0;
   for (size_t s = 0; s < split_sizes.size(); ++s) {
-    segs.push_back({c, c + split_sizes[s], kernel_sizes[s], off});
-    c += split_sizes[s];
-    off += split_sizes[s] * kernel_sizes[s] * kernel_sizes[s];
-  }
-  return segs;
-}
-
-// (first tap of channel c's kernel, its size)
-std::pair<int64_t, int64_t> kernel_of(const std::vector<Segment>& segs, int64_t c) {
-  for (const auto& s : segs)
-    if (c < s.c1) return {s.weight_offset + (c - s.c0) * s.k * s.k, s.k};
-  return {0, 1};  // unreachable: the segments cover every channel
-}
-
-// out = bias + in correlated with the k x k kernel (rotated by 180 degrees if flip), zero padding k/2.
-template <typename T, typename Acc>
-void correlate_plane(const T* in, const T* kernel, int64_t k, bool flip, Acc bias, T* out, int64_t H, int64_t W) {
-  const int64_t p = k / 2;
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t w = 0; w < W; ++w) {
-      Acc acc = bias;
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t ih = h + i - p;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t iw = w + j - p;
-          if (iw < 0 || iw >= W) continue;
-          const int64_t tap = flip ? (k - 1 - i) * k + (k - 1 - j) : i * k + j;
-          acc += static_cast<Acc>(kernel[tap]) * static_cast<Acc>(in[ih * W + iw]);
-        }
-      }
-      out[h * W + w] = static_cast<T>(acc);
+    const int64_t K = kernel_sizes[s], KK = K * K, step = packed ? lanes : 1;
+    for (int64_t c0 = 0; c0 < split_sizes[s]; c0 += step) {
+      const int64_t n = std::min(step, split_sizes[s] - c0);
+      units.push_back({c + c0, n, K, tap + c0 * KK, packed});
     }
+    c += split_sizes[s];
+    tap += split_sizes[s] * KK;
+  }
+  return units;
+}
+
+// Relative cost of one sample of a unit.
+bool is_reduced_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+double unit_cost(const Unit& u, int64_t HW) { return static_cast<double>(u.n * HW * (u.K * u.K + 4)); }
+
+template <typename T>
+void forward(const T* x, const T* w, const T* bias, T* y, int64_t B, int64_t C, int64_t H, int64_t W,
+             const std::vector<Unit>& units) {
+  const int64_t HW = H * W, lanes = depthwise::lanes_for<T>(), U = static_cast<int64_t>(units.size());
+  // Tasks unit-major, so that a thread's consecutive tasks share their unit's weights.
+  depthwise::parallel_by_cost(
+      U * B, [&](int64_t t) { return unit_cost(units[t / B], HW); },
+      [&](int64_t begin, int64_t end) {
+        Workspace<T> ws;
+        for (int64_t task = begin; task < end; ++task) {
+          const Unit& u = units[task / B];
+          const bool new_unit = task == begin || task % B == 0;
+          const int64_t at = ((task % B) * C + u.c0) * HW;
+          const T* b = bias ? bias + u.c0 : nullptr;
+          if (u.packed) {
+            const PackedLayout g(H, W, u.K, lanes);
+            if (new_unit) depthwise::packed_weights(w + u.tap0, u.n, false, g, ws);
+            depthwise::forward_packed(x + at, u.n, b, y + at, g, ws);
+          } else {
+            const RowLayout g(H, W, u.K, lanes);
+            if (new_unit) depthwise::row_weights(w + u.tap0, false, g, ws);
+            for (int64_t h0 = 0; h0 < H; h0 += g.band)
+              depthwise::forward_rows(x + at, b ? *b : T(0), y + at, h0, std::min(H, h0 + g.band), g, ws);
+          }
+        }
+      });
+}
+
+// Batch chunks of the weight-gradient reduction: enough (unit, chunk) tasks to balance a few threads, from the
+// shape alone.
+int64_t batch_chunks(int64_t B, int64_t units) {
+  constexpr int64_t kWantTasks = 32;
+  return std::clamp<int64_t>((kWantTasks + units - 1) / units, 1, std::max<int64_t>(B, 1));
+}
+
+// grad_x, and the weight and bias gradients of batch chunk k into partial[k] (taps, then C bias entries).
+template <typename T>
+void backward(const T* gy, const T* x, const T* w, T* gx, T* partial, int64_t B, int64_t C, int64_t H, int64_t W,
+              int64_t taps, const std::vector<Unit>& units, int64_t chunks) {
+  const int64_t HW = H * W, lanes = depthwise::lanes_for<T>(), U = static_cast<int64_t>(units.size());
+  const int64_t per_chunk = (B + chunks - 1) / chunks;
+  depthwise::parallel_by_cost(
+      U * chunks, [&](int64_t t) { return unit_cost(units[t / chunks], HW) * per_chunk; },
+      [&](int64_t begin, int64_t end) {
+        Workspace<T> ws;
+        for (int64_t task = begin; task < end; ++task) {
+          const Unit& u = units[task / chunks];
+          const int64_t k = task % chunks, b0 = k * per_chunk, b1 = std::min(B, b0 + per_chunk), KK = u.K * u.K;
+          T* gw = partial + k * (taps + C) + u.tap0;
+          T* gb = partial + k * (taps + C) + taps + u.c0;
+          if (u.packed) {
+            const PackedLayout g(H, W, u.K, lanes);
+            depthwise::packed_weights(w + u.tap0, u.n, true, g, ws);
+            ws.zero_grads(u.K, g.KAp, lanes);
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t at = (b * C + u.c0) * HW;
+              depthwise::backward_packed(gy + at, x + at, u.n, gx + at, g, ws);
+            }
+            for (int64_t l = 0; l < u.n; ++l) depthwise::packed_grads(g, ws, l, gw + l * KK, gb + l);
+          } else {
+            const RowLayout g(H, W, u.K, lanes);
+            depthwise::row_weights(w + u.tap0, true, g, ws);
+            ws.zero_grads(u.K, g.KAp, lanes);
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t at = (b * C + u.c0) * HW;
+              depthwise::backward_rows(gy + at, x + at, gx + at, g, ws);
+            }
+            depthwise::row_grads(g, ws, gw, gb);
+          }
+        }
+      });
 }
 
 }  // namespace
 
 at::Tensor dwconv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
+  if (is_reduced_float(x)) {
+    std::optional<at::Tensor> b;
+    if (bias.has_value()) b = bias->to(at::kFloat);
+    return dwconv2d_forward_cpu(x.to(at::kFloat), weight.to(at::kFloat), b, split_sizes, kernel_sizes)
+        .to(x.scalar_type());
+  }
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const auto segs = segments_of(split_sizes, kernel_sizes);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_forward_cpu", [&] {
-    using Acc = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = weight.data_ptr<scalar_t>();
-    const scalar_t* bp = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t c = plane % C;
-        const auto [tap0, k] = kernel_of(segs, c);
-        correlate_plane<scalar_t, Acc>(xp + plane * H * W, wp + tap0, k, false,
-                                       bp ? static_cast<Acc>(bp[c]) : Acc(0), yp + plane * H * W, H, W);
-      }
-    });
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_forward_cpu", [&] {
+    const auto units = units_of(split_sizes, kernel_sizes, x.size(3), depthwise::lanes_for<scalar_t>());
+    forward(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+            bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
+            x.size(0), x.size(1), x.size(2), x.size(3), units);
   });
   return y;
 }
@@ -86,44 +151,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv2d_backward_cpu(const at::T
                                                                      at::IntArrayRef split_sizes,
                                                                      at::IntArrayRef kernel_sizes,
                                                                      bool bias_requires_grad) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t taps = weight.numel();
-  const auto segs = segments_of(split_sizes, kernel_sizes);
+  if (is_reduced_float(x)) {
+    auto [gx, gw, gb] = dwconv2d_backward_cpu(grad_y.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat),
+                                              split_sizes, kernel_sizes, bias_requires_grad);
+    return {gx.to(x.scalar_type()), gw.to(x.scalar_type()), gb.to(x.scalar_type())};
+  }
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), taps = weight.numel();
   auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // per-sample partial sums: taps of grad_weight, then C of grad_bias
-  auto partial = at::empty({B, taps + C}, x.options().dtype(acc_dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_cpu", [&] {
-    using Acc = at::opmath_type<scalar_t>;
-    const scalar_t* gyp = grad_y.data_ptr<scalar_t>();
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = weight.data_ptr<scalar_t>();
-    scalar_t* gxp = grad_x.data_ptr<scalar_t>();
-    Acc* pp = partial.data_ptr<Acc>();
-    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t b = plane / C, c = plane % C;
-        const auto [tap0, k] = kernel_of(segs, c);
-        const scalar_t* gy = gyp + plane * H * W;
-        const scalar_t* xs = xp + plane * H * W;
-        correlate_plane<scalar_t, Acc>(gy, wp + tap0, k, true, Acc(0), gxp + plane * H * W, H, W);
-        const int64_t pad = k / 2;
-        Acc* gw = pp + b * (taps + C) + tap0;
-        for (int64_t i = 0; i < k; ++i)
-          for (int64_t j = 0; j < k; ++j) {
-            Acc acc = 0;
-            for (int64_t h = std::max<int64_t>(0, pad - i); h < std::min(H, H + pad - i); ++h)
-              for (int64_t w = std::max<int64_t>(0, pad - j); w < std::min(W, W + pad - j); ++w)
-                acc += static_cast<Acc>(gy[h * W + w]) * static_cast<Acc>(xs[(h + i - pad) * W + w + j - pad]);
-            gw[i * k + j] = acc;
-          }
-        Acc sum = 0;
-        for (int64_t e = 0; e < H * W; ++e) sum += static_cast<Acc>(gy[e]);
-        pp[b * (taps + C) + taps + c] = sum;
-      }
+  at::Tensor total;  // weight taps, then C bias entries, summed over the batch
+  if (x.numel() == 0) {
+    total = at::zeros({taps + C}, x.options());
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_cpu", [&] {
+      const auto units = units_of(split_sizes, kernel_sizes, W, depthwise::lanes_for<scalar_t>());
+      const int64_t chunks = batch_chunks(B, static_cast<int64_t>(units.size()));
+      auto partial = at::empty({chunks, taps + C}, x.options());
+      scalar_t* pp = partial.mutable_data_ptr<scalar_t>();
+      backward(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+               grad_x.mutable_data_ptr<scalar_t>(), pp, B, C, H, W, taps, units, chunks);
+      for (int64_t k = 1; k < chunks; ++k)  // fixed order
+        for (int64_t e = 0; e < taps + C; ++e) pp[e] += pp[k * (taps + C) + e];
+      total = partial[0];
     });
-  });
-  auto total = partial.sum(0);  // fixed-order reduction over the batch
+  }
   // copies: the two outputs must not alias one buffer
   auto grad_w = total.narrow(0, 0, taps).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   auto grad_b = bias_requires_grad ? total.narrow(0, taps, C).to(x.scalar_type(), false, true)

@@ -13,7 +13,7 @@ struct DwconvProblem {
   DepthwiseProblem problem;
   explicit DwconvProblem(const DwconvShape& s) {
     for (int i = 0; i < s.num_segments; ++i) segments.push_back({s.split_sizes[i], s.kernel_sizes[i]});
-    problem = {s.B, s.C, s.H, s.W, segments.data(), s.num_segments, /*per_sample_weights=*/false};
+    problem = {s.B, s.C, s.H, s.W, segments.data(), s.num_segments, /*per_sample_weights=*/false, s.layout};
   }
 };
 

@@ -1,5 +1,6 @@
 // dwconv2d CUDA entry points: allocation, device guard, torch's current stream; kernels in csrc/depthwise/.
 #include "cuda_binding.h"
+#include "depthwise/depthwise_bind.h"
 #include "depthwise/depthwise_launch.h"
 #include "dwconv/dwconv.h"
 #include "dwconv/dwconv_launch.h"
@@ -18,9 +19,10 @@ DwconvShape shape_of(const at::Tensor& x, at::IntArrayRef split_sizes, at::IntAr
 
 at::Tensor dwconv2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                  at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
-  const DwconvShape s = shape_of(x, split_sizes, kernel_sizes);
+  DwconvShape s = shape_of(x, split_sizes, kernel_sizes);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto y = empty_activation(x);
+  s.layout = depthwise_layout(x, y);
   check_launch(dwconv_cuda_forward(cuda_dtype(x, "dwconv2d"), x.data_ptr(), weight.data_ptr(),
                                    bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(), s,
                                    at::cuda::getCurrentCUDAStream()),
@@ -33,10 +35,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv2d_backward_cuda(const at::
                                                                       at::IntArrayRef split_sizes,
                                                                       at::IntArrayRef kernel_sizes,
                                                                       bool bias_requires_grad) {
-  const DwconvShape s = shape_of(x, split_sizes, kernel_sizes);
+  DwconvShape s = shape_of(x, split_sizes, kernel_sizes);
   const c10::cuda::CUDAGuard guard(x.device());
   const DType dtype = cuda_dtype(x, "dwconv2d_backward");
-  auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto grad_x = empty_activation(x);
+  s.layout = depthwise_layout(x, grad_x, &grad_y);
   auto grad_b = bias_requires_grad ? at::empty({s.C}, x.options()) : at::empty({0}, x.options());
   if (x.numel() == 0) {  // sums over an empty batch or empty planes
     return {grad_x, at::zeros_like(weight, at::MemoryFormat::Contiguous), grad_b.zero_()};

@@ -6,15 +6,17 @@
 #include <cstdint>
 
 #include "cuda_dtype.h"
+#include "depthwise/depthwise_layout.h"
 
 namespace transxnet_ops {
 
-// x (B, C, H, W); segment s: split_sizes[s] channels with odd kernel size kernel_sizes[s].
+// x (B, C, H, W), NCHW-contiguous or a channels-innermost view (`layout`, depthwise_layout.h); segment s: split_sizes[s] channels with odd kernel size kernel_sizes[s].
 struct DwconvShape {
   int64_t B, C, H, W;
   const int64_t* split_sizes;
   const int64_t* kernel_sizes;
   int num_segments;
+  DepthwiseLayout layout{};
 };
 
 // y = depthwise conv of x with the packed weight, plus bias (C,) when non-null.

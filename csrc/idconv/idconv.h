@@ -1,7 +1,8 @@
 // IDConv: per-sample depthwise convolution, stride 1, zero padding K//2.
 //   y[b,c,h,w] = bias[b,c] + sum_{i,j} weight[b,c,i,j] * x[b,c,h+i-K/2,w+j-K/2]
 // The device entry points receive tensors already checked by check_idconv_inputs (ops.cpp) and made
-// contiguous NCHW; they allocate and return contiguous outputs in the input dtype.
+// contiguous NCHW (CUDA: channels-last inputs stay as they are, op_impls.h); outputs are in x's layout
+// (activation_layout.h) and the input dtype.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>

@@ -9,7 +9,7 @@ struct IdconvProblem {
   DepthwiseSegment segment;
   DepthwiseProblem problem;
   explicit IdconvProblem(const IdconvShape& s) : segment{s.C, s.K} {
-    problem = {s.B, s.C, s.H, s.W, &segment, 1, /*per_sample_weights=*/true};
+    problem = {s.B, s.C, s.H, s.W, &segment, 1, /*per_sample_weights=*/true, s.layout};
   }
 };
 

@@ -1,5 +1,6 @@
 // IDConv CUDA entry points: allocation, device guard, torch's current stream; kernels in csrc/depthwise/.
 #include "cuda_binding.h"
+#include "depthwise/depthwise_bind.h"
 #include "depthwise/depthwise_launch.h"
 #include "idconv/idconv.h"
 #include "idconv/idconv_launch.h"
@@ -15,9 +16,10 @@ IdconvShape shape_of(const at::Tensor& x, const at::Tensor& weight) {
 }  // namespace
 
 at::Tensor idconv_forward_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  const IdconvShape s = shape_of(x, weight);
+  IdconvShape s = shape_of(x, weight);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto y = empty_activation(x);
+  s.layout = depthwise_layout(x, y);
   check_launch(idconv_cuda_forward(cuda_dtype(x, "idconv"), x.data_ptr(), weight.data_ptr(),
                                    bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(), s,
                                    at::cuda::getCurrentCUDAStream()),
@@ -27,10 +29,11 @@ at::Tensor idconv_forward_cuda(const at::Tensor& x, const at::Tensor& weight, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> idconv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                                     const at::Tensor& weight) {
-  const IdconvShape s = shape_of(x, weight);
+  IdconvShape s = shape_of(x, weight);
   const c10::cuda::CUDAGuard guard(x.device());
   const DType dtype = cuda_dtype(x, "idconv_backward");
-  auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto grad_x = empty_activation(x);
+  s.layout = depthwise_layout(x, grad_x, &grad_y);
   if (x.numel() == 0) {  // sums over empty planes
     return {grad_x, at::zeros_like(weight, at::MemoryFormat::Contiguous), at::zeros({s.B, s.C}, x.options())};
   }

@@ -6,11 +6,14 @@
 #include <cstdint>
 
 #include "cuda_dtype.h"
+#include "depthwise/depthwise_layout.h"
 
 namespace transxnet_ops {
 
+// layout: NCHW-contiguous activations, or channels-innermost views (depthwise_layout.h).
 struct IdconvShape {
   int64_t B, C, H, W, K;
+  DepthwiseLayout layout{};
 };
 
 // y = x (*) w + bias per (b, c) plane; bias (B, C) may be null.

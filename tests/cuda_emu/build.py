@@ -29,8 +29,12 @@ FAMILIES = {
     "idconv": ("idconv_forward_cuda", "idconv_backward_cuda"),
     "osra_attention": ("osra_attention_forward_cuda", "osra_attention_backward_cuda"),
     "dwconv2d": ("dwconv2d_forward_cuda", "dwconv2d_backward_cuda"),
+    # osra_reduce and idconv_weights: one registration macro (TRANSXNET_REGISTER_REDUCE)
+    "reduce": ("osra_reduce_forward_cuda", "osra_reduce_backward_cuda", "idconv_weights_forward_cuda",
+               "idconv_weights_backward_cuda"),
 }
-FAMILY_MACROS = {"idconv": "TXN_EMU_HAS_IDCONV", "osra_attention": "TXN_EMU_HAS_OSRA", "dwconv2d": "TXN_EMU_HAS_DWCONV"}
+FAMILY_MACROS = {"idconv": "TXN_EMU_HAS_IDCONV", "osra_attention": "TXN_EMU_HAS_OSRA", "dwconv2d": "TXN_EMU_HAS_DWCONV",
+                 "reduce": "TXN_EMU_HAS_REDUCE"}
 SOURCE_SUFFIXES = (".h", ".hpp", ".cuh", ".cu", ".cpp", ".inc", ".inl")
 
 

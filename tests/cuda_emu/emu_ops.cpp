@@ -186,6 +186,10 @@ TXN_EMU_WRAP(osra_attention_forward)
 TXN_EMU_WRAP(osra_attention_backward)
 TXN_EMU_WRAP(dwconv2d_forward)
 TXN_EMU_WRAP(dwconv2d_backward)
+TXN_EMU_WRAP(osra_reduce_forward)
+TXN_EMU_WRAP(osra_reduce_backward)
+TXN_EMU_WRAP(idconv_weights_forward)
+TXN_EMU_WRAP(idconv_weights_backward)
 #undef TXN_EMU_WRAP
 
 namespace {
@@ -200,6 +204,9 @@ std::vector<std::string> emu_ops() {
 #endif
 #if TXN_EMU_HAS_DWCONV
   ops.emplace_back("dwconv2d");
+#endif
+#if TXN_EMU_HAS_REDUCE
+  ops.emplace_back("reduce");
 #endif
   return ops;
 }
@@ -277,6 +284,9 @@ TORCH_LIBRARY_IMPL(transxnet_ops_emu, CPU, m) {
 #endif
 #if TXN_EMU_HAS_DWCONV
   TRANSXNET_REGISTER_DWCONV(m, emu)
+#endif
+#if TXN_EMU_HAS_REDUCE
+  TRANSXNET_REGISTER_REDUCE(m, emu)
 #endif
 }
 

@@ -1,8 +1,9 @@
 """Depthwise-convolution Triton kernels (@triton.jit only), shared by IDConv (per-sample weights) and the static /
 multi-scale dwconv2d; the launchers are idconv.py and dwconv.py.
 
-Layout: x, y, grad_y, grad_x are contiguous NCHW; a "plane" is one (b, c) map of H x W. Stride 1, zero padding
-K // 2. Accumulation is fp32 (fp64 for float64 inputs, which only the interpreter's gradcheck uses).
+Layout: x, y, grad_y, grad_x of a launch share one set of element strides (SB, SC, SH, SW): contiguous NCHW
+(SW = 1, which Triton specialises, so that path compiles as before) or channels_last (SC = 1); a "plane" is one
+(b, c) map of H x W. Stride 1, zero padding K // 2. Accumulation is fp32 (fp64 for float64 inputs, which only the interpreter's gradcheck uses).
 
 Register-window path (K <= 9, `_dw_fwd` / `_dw_bwd`): a one-warp program owns BLOCK_P planes (consecutive
 channels of one sample; static weights also loop over a chunk of NB samples). Each thread owns a run of E
@@ -42,12 +43,13 @@ def _repeat(n: tl.constexpr, value):
 
 
 @triton.jit
-def _window(ptr, masks, N: tl.constexpr, IS_FP64: tl.constexpr):
-    """N consecutive values from ptr on (each thread: its own run of columns), zero where masks[d] is off."""
+def _window(ptr, masks, SW, N: tl.constexpr, IS_FP64: tl.constexpr):
+    """N consecutive columns (column stride SW) from ptr on (each thread: its own run of columns), zero where
+    masks[d] is off."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     out = ()
     for d in tl.static_range(N):
-        out = out + (tl.load(ptr + d, mask=masks[d], other=0.0).to(ACC),)
+        out = out + (tl.load(ptr + d * SW, mask=masks[d], other=0.0).to(ACC),)
     return out
 
 
@@ -86,7 +88,7 @@ def _block_coords(local, c_count, NB, BLOCK_P: tl.constexpr):
 
 # ------------------------------------------------------------------------------- register window: forward
 @triton.jit
-def _fwd_tile(x_tile, y_tile, offs, masks, taps, bias, H, W,
+def _fwd_tile(x_tile, y_tile, offs, masks, taps, bias, H, SH, SW,
               K: tl.constexpr, E: tl.constexpr, IS_FP64: tl.constexpr):
     """y = bias + x (*) taps over all rows of one row segment (LANES * E columns). x_tile / y_tile point at the
     segment's first plane, row 0; offs locate each thread's first column; masks[d]: its column d - K//2 is in
@@ -95,9 +97,9 @@ def _fwd_tile(x_tile, y_tile, offs, masks, taps, bias, H, W,
     N: tl.constexpr = E + K - 1  # input columns a thread's E outputs see
     # accs[q * E + e]: output row r - PAD + q, column e, while input row r streams through (kernel row K-1-q)
     accs = _repeat(K * E, bias)
-    xs = _window(x_tile + offs - PAD, masks, N, IS_FP64)
+    xs = _window(x_tile + offs - PAD * SW, masks, SW, N, IS_FP64)
     for r in range(H):
-        xs_next = _window(x_tile + tl.minimum(r + 1, H - 1) * W + offs - PAD, masks, N, IS_FP64)
+        xs_next = _window(x_tile + tl.minimum(r + 1, H - 1) * SH + offs - PAD * SW, masks, SW, N, IS_FP64)
         done = ()
         for q in tl.static_range(K):
             for e in tl.static_range(E):
@@ -105,20 +107,20 @@ def _fwd_tile(x_tile, y_tile, offs, masks, taps, bias, H, W,
                 for j in tl.static_range(K):
                     acc += taps[(K - 1 - q) * K + j] * xs[e + j]
                 done = done + (acc,)
-        out = y_tile + (r - PAD) * W + offs
+        out = y_tile + (r - PAD) * SH + offs
         for e in tl.static_range(E):
-            tl.store(out + e, done[e].to(y_tile.dtype.element_ty), mask=masks[PAD + e] & (r >= PAD))
+            tl.store(out + e * SW, done[e].to(y_tile.dtype.element_ty), mask=masks[PAD + e] & (r >= PAD))
         accs = done[E:] + _repeat(E, bias)
         xs = xs_next
     for q in tl.static_range(PAD):  # the last PAD rows see only zero padding below them
         row = H - PAD + q
         for e in tl.static_range(E):
-            tl.store(y_tile + row * W + offs + e, accs[q * E + e].to(y_tile.dtype.element_ty),
+            tl.store(y_tile + row * SH + offs + e * SW, accs[q * E + e].to(y_tile.dtype.element_ty),
                      mask=masks[PAD + e] & (row >= 0))
 
 
 @triton.jit
-def _fwd_program(local, c_start, c_count, w_off, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
+def _fwd_program(local, c_start, c_count, w_off, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW, NB,
                  K: tl.constexpr, E: tl.constexpr, PER_SAMPLE: tl.constexpr, HAS_BIAS: tl.constexpr,
                  IS_FP64: tl.constexpr, BLOCK_P: tl.constexpr, LANES: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -136,18 +138,18 @@ def _fwd_program(local, c_start, c_count, w_off, x_ptr, w_ptr, b_ptr, y_ptr, B, 
         bias = zero + tl.load(bias_ptr, mask=p_ok, other=0.0).to(ACC)[:, None]
     else:
         bias = zero
-    HW = H * W
     lane_col = tl.arange(0, LANES) * E  # each thread owns E consecutive columns
-    offs = c_rel[:, None] * HW + lane_col[None, :]
+    offs = c_rel[:, None] * SC + (lane_col * SW)[None, :]
     for b in range(b_lo, tl.minimum(B, b_lo + NB)):
-        plane0 = (b * C + c_start + c_first).to(tl.int64) * HW
+        plane0 = tl.cast(b, tl.int64) * SB + (c_start + c_first).to(tl.int64) * SC
         for w0 in range(0, W, LANES * E):
             masks = _window_masks(w0 + lane_col - K // 2, p_ok, W, E + K - 1)
-            _fwd_tile(x_ptr + plane0 + w0, y_ptr + plane0 + w0, offs, masks, taps, bias, H, W, K, E, IS_FP64)
+            tile = plane0 + w0 * SW
+            _fwd_tile(x_ptr + tile, y_ptr + tile, offs, masks, taps, bias, H, SH, SW, K, E, IS_FP64)
 
 
 @triton.jit
-def _dw_fwd(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
+def _dw_fwd(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW, NB,
             C_START0, C_COUNT0, W_OFF0, PID_END0, C_START1, C_COUNT1, W_OFF1, PID_END1,
             C_START2, C_COUNT2, W_OFF2, PID_END2, C_START3, C_COUNT3, W_OFF3, PID_END3,
             K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, NSEG: tl.constexpr,
@@ -158,25 +160,25 @@ def _dw_fwd(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
     bias, one segment, NB = 1."""
     pid = tl.program_id(0)
     if pid < PID_END0:
-        _fwd_program(pid, C_START0, C_COUNT0, W_OFF0, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
+        _fwd_program(pid, C_START0, C_COUNT0, W_OFF0, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW, NB,
                      K0, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
     if NSEG > 1:
         if (pid >= PID_END0) & (pid < PID_END1):
-            _fwd_program(pid - PID_END0, C_START1, C_COUNT1, W_OFF1, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
-                         K1, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
+            _fwd_program(pid - PID_END0, C_START1, C_COUNT1, W_OFF1, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW,
+                         NB, K1, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
     if NSEG > 2:
         if (pid >= PID_END1) & (pid < PID_END2):
-            _fwd_program(pid - PID_END1, C_START2, C_COUNT2, W_OFF2, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
-                         K2, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
+            _fwd_program(pid - PID_END1, C_START2, C_COUNT2, W_OFF2, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW,
+                         NB, K2, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
     if NSEG > 3:
         if pid >= PID_END2:
-            _fwd_program(pid - PID_END2, C_START3, C_COUNT3, W_OFF3, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB,
-                         K3, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
+            _fwd_program(pid - PID_END2, C_START3, C_COUNT3, W_OFF3, x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW,
+                         NB, K3, E, PER_SAMPLE, HAS_BIAS, IS_FP64, BLOCK_P, LANES)
 
 
 # ------------------------------------------------------------------------------ register window: backward
 @triton.jit
-def _bwd_tile(gy_tile, x_tile, gx_tile, offs, masks, taps, gws, gb, H, W,
+def _bwd_tile(gy_tile, x_tile, gx_tile, offs, masks, taps, gws, gb, H, SH, SW,
               K: tl.constexpr, E: tl.constexpr, IS_FP64: tl.constexpr):
     """One pass over all rows of a row segment (pointers as in _fwd_tile): writes grad_x, returns the K*K
     grad_weight accumulators `gws` and the grad_bias accumulator `gb` with this tile's contributions added."""
@@ -193,15 +195,15 @@ def _bwd_tile(gy_tile, x_tile, gx_tile, offs, masks, taps, gws, gb, H, W,
     for i in tl.static_range(K):
         row = i - PAD
         for e in tl.static_range(E):
-            xr = xr + (tl.load(x_tile + row * W + offs + e, mask=masks[PAD + e] & (row >= 0) & (row < H),
+            xr = xr + (tl.load(x_tile + row * SH + offs + e * SW, mask=masks[PAD + e] & (row >= 0) & (row < H),
                                other=0.0).to(ACC),)
-    g = _window(gy_tile + offs - PAD, masks, N, IS_FP64)
+    g = _window(gy_tile + offs - PAD * SW, masks, SW, N, IS_FP64)
     for s in range(H):
-        g_next = _window(gy_tile + tl.minimum(s + 1, H - 1) * W + offs - PAD, masks, N, IS_FP64)
+        g_next = _window(gy_tile + tl.minimum(s + 1, H - 1) * SH + offs - PAD * SW, masks, SW, N, IS_FP64)
         x_row = s + PAD + 1
         x_next = ()
         for e in tl.static_range(E):
-            x_next = x_next + (tl.load(x_tile + x_row * W + offs + e, mask=masks[PAD + e] & (x_row < H),
+            x_next = x_next + (tl.load(x_tile + x_row * SH + offs + e * SW, mask=masks[PAD + e] & (x_row < H),
                                        other=0.0).to(ACC),)
         for e in tl.static_range(E):
             gb += g[e + PAD]
@@ -220,23 +222,23 @@ def _bwd_tile(gy_tile, x_tile, gx_tile, offs, masks, taps, gws, gb, H, W,
                     acc += g[e + K - 1 - j] * xr[i * E + e]
                 gws_new = gws_new + (acc,)
         gws = gws_new
-        out = gx_tile + (s - PAD) * W + offs
+        out = gx_tile + (s - PAD) * SH + offs
         for e in tl.static_range(E):
-            tl.store(out + e, done[e].to(gx_tile.dtype.element_ty), mask=masks[PAD + e] & (s >= PAD))
+            tl.store(out + e * SW, done[e].to(gx_tile.dtype.element_ty), mask=masks[PAD + e] & (s >= PAD))
         gxs = done[E:] + _repeat(E, zero)
         xr = xr[E:] + x_next
         g = g_next
     for q in tl.static_range(PAD):
         row = H - PAD + q
         for e in tl.static_range(E):
-            tl.store(gx_tile + row * W + offs + e, gxs[q * E + e].to(gx_tile.dtype.element_ty),
+            tl.store(gx_tile + row * SH + offs + e * SW, gxs[q * E + e].to(gx_tile.dtype.element_ty),
                      mask=masks[PAD + e] & (row >= 0))
     return gws, gb
 
 
 @triton.jit
 def _bwd_program(local, c_start, c_count, w_off, gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, part_ptr,
-                 B, C, H, W, NB, TAPS, PART_ROW,
+                 B, C, H, W, SB, SC, SH, SW, NB, TAPS, PART_ROW,
                  K: tl.constexpr, E: tl.constexpr, PER_SAMPLE: tl.constexpr, IS_FP64: tl.constexpr,
                  BLOCK_P: tl.constexpr, LANES: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -251,15 +253,15 @@ def _bwd_program(local, c_start, c_count, w_off, gy_ptr, x_ptr, w_ptr, gx_ptr, g
     zero = tl.zeros([BLOCK_P, LANES], dtype=ACC)
     gws = _repeat(K * K, zero)
     gb = zero
-    HW = H * W
     lane_col = tl.arange(0, LANES) * E
-    offs = c_rel[:, None] * HW + lane_col[None, :]
+    offs = c_rel[:, None] * SC + (lane_col * SW)[None, :]
     for b in range(b_lo, tl.minimum(B, b_lo + NB)):
-        plane0 = (b * C + c_start + c_first).to(tl.int64) * HW
+        plane0 = tl.cast(b, tl.int64) * SB + (c_start + c_first).to(tl.int64) * SC
         for w0 in range(0, W, LANES * E):
             masks = _window_masks(w0 + lane_col - K // 2, p_ok, W, E + K - 1)
-            gws, gb = _bwd_tile(gy_ptr + plane0 + w0, x_ptr + plane0 + w0, gx_ptr + plane0 + w0, offs, masks,
-                                taps, gws, gb, H, W, K, E, IS_FP64)
+            tile = plane0 + w0 * SW
+            gws, gb = _bwd_tile(gy_ptr + tile, x_ptr + tile, gx_ptr + tile, offs, masks,
+                                taps, gws, gb, H, SH, SW, K, E, IS_FP64)
     # reduce over the lanes; rows, columns and samples are already summed (fixed order: deterministic)
     if PER_SAMPLE:  # IDConv: this program owns the planes, their gradients are final
         for k in tl.static_range(K * K):
@@ -273,7 +275,8 @@ def _bwd_program(local, c_start, c_count, w_off, gy_ptr, x_ptr, w_ptr, gx_ptr, g
 
 
 @triton.jit
-def _dw_bwd(gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, NB, TAPS, PART_ROW,
+def _dw_bwd(gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, SB, SC, SH, SW, NB, TAPS,
+            PART_ROW,
             C_START0, C_COUNT0, W_OFF0, PID_END0, C_START1, C_COUNT1, W_OFF1, PID_END1,
             C_START2, C_COUNT2, W_OFF2, PID_END2, C_START3, C_COUNT3, W_OFF3, PID_END3,
             K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, NSEG: tl.constexpr,
@@ -284,19 +287,22 @@ def _dw_bwd(gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, 
     pid = tl.program_id(0)
     if pid < PID_END0:
         _bwd_program(pid, C_START0, C_COUNT0, W_OFF0, gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, part_ptr,
-                     B, C, H, W, NB, TAPS, PART_ROW, K0, E, PER_SAMPLE, IS_FP64, BLOCK_P, LANES)
+                     B, C, H, W, SB, SC, SH, SW, NB, TAPS, PART_ROW, K0, E, PER_SAMPLE, IS_FP64, BLOCK_P, LANES)
     if NSEG > 1:
         if (pid >= PID_END0) & (pid < PID_END1):
             _bwd_program(pid - PID_END0, C_START1, C_COUNT1, W_OFF1, gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr,
-                         part_ptr, B, C, H, W, NB, TAPS, PART_ROW, K1, E, PER_SAMPLE, IS_FP64, BLOCK_P, LANES)
+                         part_ptr, B, C, H, W, SB, SC, SH, SW, NB, TAPS, PART_ROW, K1, E, PER_SAMPLE, IS_FP64,
+                         BLOCK_P, LANES)
     if NSEG > 2:
         if (pid >= PID_END1) & (pid < PID_END2):
             _bwd_program(pid - PID_END1, C_START2, C_COUNT2, W_OFF2, gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr,
-                         part_ptr, B, C, H, W, NB, TAPS, PART_ROW, K2, E, PER_SAMPLE, IS_FP64, BLOCK_P, LANES)
+                         part_ptr, B, C, H, W, SB, SC, SH, SW, NB, TAPS, PART_ROW, K2, E, PER_SAMPLE, IS_FP64,
+                         BLOCK_P, LANES)
     if NSEG > 3:
         if pid >= PID_END2:
             _bwd_program(pid - PID_END2, C_START3, C_COUNT3, W_OFF3, gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr,
-                         part_ptr, B, C, H, W, NB, TAPS, PART_ROW, K3, E, PER_SAMPLE, IS_FP64, BLOCK_P, LANES)
+                         part_ptr, B, C, H, W, SB, SC, SH, SW, NB, TAPS, PART_ROW, K3, E, PER_SAMPLE, IS_FP64,
+                         BLOCK_P, LANES)
 
 
 @triton.jit
@@ -323,7 +329,7 @@ def _direct_coords(H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
-def _dw_fwd_direct(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB, C_START, C_COUNT, W_OFF,
+def _dw_fwd_direct(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, SB, SC, SH, SW, NB, C_START, C_COUNT, W_OFF,
                    K: tl.constexpr, FLIP: tl.constexpr, PER_SAMPLE: tl.constexpr, HAS_BIAS: tl.constexpr,
                    IS_FP64: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """One channel of one segment for a chunk of NB samples per program, tile by tile, one masked shifted load per
@@ -336,7 +342,6 @@ def _dw_fwd_direct(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB, C_START, C_COUNT,
     ch = C_START + c_loc
     b_lo = chunk * NB
     tiles_w, n_tiles, rows, cols = _direct_coords(H, W, BLOCK_H, BLOCK_W)
-    HW = H * W
     for b in range(b_lo, tl.minimum(B, b_lo + NB)):
         if PER_SAMPLE:
             w_plane = w_ptr + (b * C + ch).to(tl.int64) * (K * K)
@@ -344,33 +349,34 @@ def _dw_fwd_direct(x_ptr, w_ptr, b_ptr, y_ptr, B, C, H, W, NB, C_START, C_COUNT,
         else:
             w_plane = w_ptr + W_OFF + c_loc * (K * K)
             bias_ptr = b_ptr + ch
-        plane = (b * C + ch).to(tl.int64) * HW
+        plane = tl.cast(b, tl.int64) * SB + ch.to(tl.int64) * SC
         for t in range(n_tiles):
             oh = (t // tiles_w) * BLOCK_H + rows
             ow = (t % tiles_w) * BLOCK_W + cols
+            pix = oh[:, None] * SH + ow[None, :] * SW
             acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
             if HAS_BIAS:
                 acc += tl.load(bias_ptr).to(ACC)
-            x_tile = x_ptr + plane + oh[:, None] * W + ow[None, :]
+            x_tile = x_ptr + plane + pix
             for i in range(K):
                 ih = oh + (i - PAD)
                 row_ok = (ih >= 0) & (ih < H)
                 for j in tl.static_range(K):
                     iw = ow + (j - PAD)
                     mask = row_ok[:, None] & ((iw >= 0) & (iw < W))[None, :]
-                    xv = tl.load(x_tile + ((i - PAD) * W + (j - PAD)), mask=mask, other=0.0)
+                    xv = tl.load(x_tile + ((i - PAD) * SH + (j - PAD) * SW), mask=mask, other=0.0)
                     if FLIP:
                         wv = tl.load(w_plane + (K - 1 - i) * K + (K - 1 - j))
                     else:
                         wv = tl.load(w_plane + i * K + j)
                     acc += xv.to(ACC) * wv.to(ACC)
             out_mask = (oh < H)[:, None] & (ow < W)[None, :]
-            tl.store(y_ptr + plane + oh[:, None] * W + ow[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(y_ptr + plane + pix, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _dw_wgrad_direct(gy_ptr, x_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, NB, C_START, C_COUNT, W_OFF, TAPS,
-                     PART_ROW, K: tl.constexpr, PER_SAMPLE: tl.constexpr, IS_FP64: tl.constexpr,
+def _dw_wgrad_direct(gy_ptr, x_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, SB, SC, SH, SW, NB, C_START, C_COUNT,
+                     W_OFF, TAPS, PART_ROW, K: tl.constexpr, PER_SAMPLE: tl.constexpr, IS_FP64: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """grad_weight / grad_bias of one channel over a chunk of NB samples (program layout of _dw_fwd_direct): kernel
     row by kernel row, K tile accumulators (one per column shift) reduced at the end of the row. Output as in
@@ -384,7 +390,6 @@ def _dw_wgrad_direct(gy_ptr, x_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, NB, C_
     b_lo = chunk * NB
     b_hi = tl.minimum(B, b_lo + NB)
     tiles_w, n_tiles, rows, cols = _direct_coords(H, W, BLOCK_H, BLOCK_W)
-    HW = H * W
     if PER_SAMPLE:
         gw_row = gw_ptr + (b_lo * C + ch).to(tl.int64) * (K * K)
     else:
@@ -393,31 +398,32 @@ def _dw_wgrad_direct(gy_ptr, x_ptr, gw_ptr, gb_ptr, part_ptr, B, C, H, W, NB, C_
     for i in range(K):
         accs = _repeat(K, zero)
         for b in range(b_lo, b_hi):
-            plane = (b * C + ch).to(tl.int64) * HW
+            plane = tl.cast(b, tl.int64) * SB + ch.to(tl.int64) * SC
             for t in range(n_tiles):
                 oh = (t // tiles_w) * BLOCK_H + rows
                 ow = (t % tiles_w) * BLOCK_W + cols
                 out_mask = (oh < H)[:, None] & (ow < W)[None, :]
-                gy = tl.load(gy_ptr + plane + oh[:, None] * W + ow[None, :], mask=out_mask, other=0.0).to(ACC)
+                gy = tl.load(gy_ptr + plane + oh[:, None] * SH + ow[None, :] * SW, mask=out_mask,
+                             other=0.0).to(ACC)
                 ih = oh + (i - PAD)
                 row_ok = (ih >= 0) & (ih < H)
-                x_tile = x_ptr + plane + ih[:, None] * W + ow[None, :]
+                x_tile = x_ptr + plane + ih[:, None] * SH + ow[None, :] * SW
                 new = ()
                 for j in tl.static_range(K):
                     iw = ow + (j - PAD)
                     mask = row_ok[:, None] & ((iw >= 0) & (iw < W))[None, :]
-                    new = new + (accs[j] + gy * tl.load(x_tile + (j - PAD), mask=mask, other=0.0).to(ACC),)
+                    new = new + (accs[j] + gy * tl.load(x_tile + (j - PAD) * SW, mask=mask, other=0.0).to(ACC),)
                 accs = new
         for j in tl.static_range(K):
             tl.store(gw_row + i * K + j, tl.sum(tl.sum(accs[j], axis=1), axis=0).to(gw_row.dtype.element_ty))
     gb = zero
     for b in range(b_lo, b_hi):
-        plane = (b * C + ch).to(tl.int64) * HW
+        plane = tl.cast(b, tl.int64) * SB + ch.to(tl.int64) * SC
         for t in range(n_tiles):
             oh = (t // tiles_w) * BLOCK_H + rows
             ow = (t % tiles_w) * BLOCK_W + cols
             out_mask = (oh < H)[:, None] & (ow < W)[None, :]
-            gb += tl.load(gy_ptr + plane + oh[:, None] * W + ow[None, :], mask=out_mask, other=0.0).to(ACC)
+            gb += tl.load(gy_ptr + plane + oh[:, None] * SH + ow[None, :] * SW, mask=out_mask, other=0.0).to(ACC)
     gb_sum = tl.sum(tl.sum(gb, axis=1), axis=0)
     if PER_SAMPLE:
         tl.store(gb_ptr + b_lo * C + ch, gb_sum.to(gb_ptr.dtype.element_ty))

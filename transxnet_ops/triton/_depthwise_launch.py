@@ -2,13 +2,16 @@
 segment grouping, and the forward / backward launch sequences. No op registration here (idconv.py, dwconv.py).
 
 Every launch goes through `launch(kernel)[grid](...)` so that the kernel report and the GPU-compile test can
-record it on meta tensors. Inputs are contiguous NCHW; the callers allocate the outputs.
+record it on meta tensors. The activations of a launch (x, y / grad_y, x, grad_x) are dense in one layout and
+share x's strides: NCHW-contiguous, or channels_last (no copy to NCHW; tiles then span 8 channels, which sit
+next to each other in memory, on 2-4 warps). `dense_activation` / `_fakes.empty_activation` give the callers those tensors.
 """
 from typing import NamedTuple, Optional
 
 import torch
 import triton
 
+from .._fakes import activation_format
 from ._depthwise_kernels import _dw_bwd, _dw_fwd, _dw_fwd_direct, _dw_reduce_partials, _dw_wgrad_direct
 from ._register import launch
 
@@ -57,7 +60,22 @@ MAX_COLUMNS_FWD = 8
 MAX_COLUMNS_BWD = {1: 8, 3: 8, 5: 8, 7: 4}  # larger K: 1
 
 
-def window_config(W, k_max, backward):
+# channels_last tiles: CL_CHANNELS channels (contiguous in memory: 16 bytes of bf16) x the NCHW tile's lanes per
+# program, on CL_CHANNELS * LANES / 32 warps (the same threads per plane as NCHW).
+CL_CHANNELS = 8
+
+
+def dense_activation(t, x):
+    """t (x itself, or grad_y) dense in x's activation layout: a no-op for NCHW- or channels_last-contiguous
+    tensors; strided views (e.g. a channel slice of a channels_last tensor) are copied."""
+    return t.contiguous(memory_format=activation_format(x))
+
+
+def is_channels_last(x):
+    return activation_format(x) == torch.channels_last
+
+
+def window_config(W, k_max, backward, channels_last=False):
     """Register-window tile of a one-warp program: LANES threads along a row, each owning E consecutive columns
     (a row segment of LANES * E columns; wider maps loop over segments), and 32 // LANES planes (consecutive
     channels), one [BLOCK_P, LANES] element per thread. E + K - 1 loads per row feed E*K*K FMAs, so E grows up
@@ -71,6 +89,9 @@ def window_config(W, k_max, backward):
     while lanes * cols < W and lanes < 32:  # wide maps: more lanes, then row segments
         lanes *= 2
         cols = min(e_max, max(1, -(-W // lanes)))
+    if channels_last:  # CL_CHANNELS adjacent channels per column (contiguous in memory), as many threads per plane
+        return dict(E=cols, LANES=lanes, BLOCK_P=CL_CHANNELS, num_warps=max(1, CL_CHANNELS * lanes // 32),
+                    num_stages=1)
     return dict(E=cols, LANES=lanes, BLOCK_P=32 // lanes, num_warps=1, num_stages=1)
 
 
@@ -125,28 +146,38 @@ def chunking(x, segments, per_sample):
     B, _, _, W = x.shape
     if per_sample:
         return 1, B
-    block_p = window_config(W, 1, backward=False)["BLOCK_P"]
+    block_p = window_config(W, 1, backward=False, channels_last=is_channels_last(x))["BLOCK_P"]
     n_blocks = sum(triton.cdiv(s.c_count, block_p) if _is_window(s) else s.c_count for s in segments)
     nb = samples_per_program(B, n_blocks)
     return nb, triton.cdiv(B, nb)
 
 
+def _strides(x, *others):
+    """The launch's shared activation strides (x's; the others must match where their sizes exceed 1)."""
+    for t in others:
+        assert all(n == 1 or a == b for n, a, b in zip(x.shape, x.stride(), t.stride())), "layouts differ"
+    return tuple(x.stride())
+
+
 def forward(x, weight, bias, y, segments, per_sample):
-    """y <- bias + x (*) weight for every segment. per_sample: IDConv's (B, C, K, K) weight and (B, C) bias."""
+    """y <- bias + x (*) weight for every segment. per_sample: IDConv's (B, C, K, K) weight and (B, C) bias.
+    x and y dense in one layout (see the module docstring)."""
     B, C, H, W = x.shape
+    strides = _strides(x, y)
+    channels_last = is_channels_last(x)
     is_fp64 = x.dtype == torch.float64
     nb, n_chunks = chunking(x, segments, per_sample)
     bias_arg = bias if bias is not None else x  # x stands in for the absent bias pointer
     window, direct = _groups(segments)
     for group in window:
-        cfg = window_config(W, _k_max(group), backward=False)
+        cfg = window_config(W, _k_max(group), backward=False, channels_last=channels_last)
         args, consts, grid = _segment_args(group, cfg["BLOCK_P"], n_chunks)
-        launch(_dw_fwd)[(grid,)](x, weight, bias_arg, y, B, C, H, W, nb, *args, **consts, PER_SAMPLE=per_sample,
+        launch(_dw_fwd)[(grid,)](x, weight, bias_arg, y, B, C, H, W, *strides, nb, *args, **consts, PER_SAMPLE=per_sample,
                                  HAS_BIAS=bias is not None, IS_FP64=is_fp64, **cfg)
     dcfg = direct_config(H, W)
     for seg in direct:
         launch(_dw_fwd_direct)[(n_chunks * seg.c_count,)](
-            x, weight, bias_arg, y, B, C, H, W, nb, seg.c_start, seg.c_count, seg.w_off, K=seg.k, FLIP=False,
+            x, weight, bias_arg, y, B, C, H, W, *strides, nb, seg.c_start, seg.c_count, seg.w_off, K=seg.k, FLIP=False,
             PER_SAMPLE=per_sample, HAS_BIAS=bias is not None, IS_FP64=is_fp64, **dcfg)
 
 
@@ -162,6 +193,8 @@ def backward(grad_y, x, weight, grad_x, grad_weight, grad_bias, segments, per_sa
     writes IDConv's weight gradients directly; static ones go through `partial` (allocated if not given) and are
     summed over the sample chunks in a fixed order."""
     B, C, H, W = x.shape
+    strides = _strides(x, grad_y, grad_x)
+    channels_last = is_channels_last(x)
     is_fp64 = x.dtype == torch.float64
     taps = weight.numel()
     nb, n_chunks = chunking(x, segments, per_sample)
@@ -173,18 +206,18 @@ def backward(grad_y, x, weight, grad_x, grad_weight, grad_bias, segments, per_sa
         gw = gb = x  # unused pointers
     window, direct = _groups(segments)
     for group in window:
-        cfg = window_config(W, _k_max(group), backward=True)
+        cfg = window_config(W, _k_max(group), backward=True, channels_last=channels_last)
         args, consts, grid = _segment_args(group, cfg["BLOCK_P"], n_chunks)
-        launch(_dw_bwd)[(grid,)](grad_y, x, weight, grad_x, gw, gb, part, B, C, H, W, nb, taps, taps + C, *args,
+        launch(_dw_bwd)[(grid,)](grad_y, x, weight, grad_x, gw, gb, part, B, C, H, W, *strides, nb, taps, taps + C, *args,
                                  **consts, PER_SAMPLE=per_sample, IS_FP64=is_fp64, **cfg)
     dcfg = direct_config(H, W)
     for seg in direct:
         grid = (n_chunks * seg.c_count,)
-        launch(_dw_fwd_direct)[grid](grad_y, weight, x, grad_x, B, C, H, W, nb, seg.c_start, seg.c_count, seg.w_off,
+        launch(_dw_fwd_direct)[grid](grad_y, weight, x, grad_x, B, C, H, W, *strides, nb, seg.c_start, seg.c_count, seg.w_off,
                                      K=seg.k, FLIP=True, PER_SAMPLE=per_sample, HAS_BIAS=False, IS_FP64=is_fp64,
                                      **dcfg)
-        launch(_dw_wgrad_direct)[grid](grad_y, x, gw, gb, part, B, C, H, W, nb, seg.c_start, seg.c_count, seg.w_off,
-                                       taps, taps + C, K=seg.k, PER_SAMPLE=per_sample, IS_FP64=is_fp64, **dcfg)
+        launch(_dw_wgrad_direct)[grid](grad_y, x, gw, gb, part, B, C, H, W, *strides, nb, seg.c_start, seg.c_count,
+                                       seg.w_off, taps, taps + C, K=seg.k, PER_SAMPLE=per_sample, IS_FP64=is_fp64, **dcfg)
     if not per_sample:
         launch(_dw_reduce_partials)[(triton.cdiv(taps + C, REDUCE_BLOCK),)](
             part, grad_weight, grad_bias if grad_bias is not None else grad_weight, n_chunks, taps, taps + C,

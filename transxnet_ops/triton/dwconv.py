@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import torch
 
-from .._fakes import dwconv2d_backward_fake, dwconv2d_fake
+from .._fakes import empty_activation, dwconv2d_backward_fake, dwconv2d_fake
 from . import _depthwise_launch as dw
 from ._register import kernel_op
 
@@ -20,10 +20,10 @@ from ._register import kernel_op
 @kernel_op("transxnet_ops::dwconv2d_triton", dwconv2d_fake)
 def dwconv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], split_sizes: List[int],
                     kernel_sizes: List[int]) -> torch.Tensor:
-    # NCHW-contiguous copy of a channels_last / strided x: the kernels index planes densely.
-    x, weight = x.contiguous(), weight.contiguous()
+    # x dense in its layout (NCHW or channels_last: no copy for either); y in the same layout
+    x, weight = dw.dense_activation(x, x), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = empty_activation(x)
     if y.numel() > 0:
         dw.forward(x, weight, bias, y, dw.segments_of(split_sizes, kernel_sizes), per_sample=False)
     return y
@@ -33,8 +33,8 @@ def dwconv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 def dwconv2d_backward_triton(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, split_sizes: List[int],
                              kernel_sizes: List[int], bias_requires_grad: bool
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_y, x, weight = grad_y.contiguous(), x.contiguous(), weight.contiguous()
-    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+    grad_y, x, weight = dw.dense_activation(grad_y, x), dw.dense_activation(x, x), weight.contiguous()
+    grad_x = empty_activation(x)
     if x.numel() == 0:  # no taps see any data
         grad_bias = x.new_zeros(x.shape[1]) if bias_requires_grad else x.new_empty(0)
         return grad_x, torch.zeros_like(weight), grad_bias
