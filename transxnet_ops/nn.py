@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops, reduce
+from . import ops, pointwise, reduce
 from .idconv_weights import idconv_weights
 from .pooling import pool_with_mean
 
@@ -22,6 +22,10 @@ class ConvBN(nn.Sequential):
         self.bn = nn.BatchNorm2d(out_dim)
         if act:
             self.activate = nn.GELU()
+
+    def forward(self, x):  # as nn.Sequential, with the eval BatchNorm folded into the conv (pointwise.conv_bn)
+        x = pointwise.conv_bn(self.conv, self.bn, x)
+        return self.activate(x) if hasattr(self, "activate") else x
 
 
 class DWConv2d(nn.Conv2d):
@@ -98,12 +102,12 @@ class IDConv2d(nn.Module):
         bn = self.proj[0].bn
         if not bn.training and bn.track_running_stats:
             # proj is per position in eval (BN affine): one GEMM chain serves the kernels and the bias
-            weight, bias = idconv_weights(self.proj(z), None, self.weight, self.bias, backend=self.backend)
+            weight, bias = idconv_weights(pointwise.run(self.proj, z), None, self.weight, self.bias, backend=self.backend)
         else:
             # training: proj runs twice, as officially (KxK map, then global mean): the BatchNorm's batch
             # statistics and its two running-statistic updates follow that order
-            logits = self.proj(z[..., :K, :K])
-            bias_logits = None if self.bias is None else self.proj(z[..., K:, K:]).reshape(B, G * C)
+            logits = pointwise.run(self.proj, z[..., :K, :K])
+            bias_logits = None if self.bias is None else pointwise.run(self.proj, z[..., K:, K:]).reshape(B, G * C)
             weight, bias = idconv_weights(logits, bias_logits, self.weight, self.bias, backend=self.backend)
         return weight, (bias if self.bias is not None else None)
 
@@ -149,13 +153,22 @@ class OSRA(nn.Module):
 
     def forward(self, x, relative_pos_enc=None):
         B, C, H, W = x.shape
-        heads = self.num_heads
-        q = self.q(x).reshape(B, heads, C // heads, -1).transpose(-1, -2)
+        return self.attend(x, relative_pos_enc).transpose(-1, -2).reshape(B, C, H, W)
+
+    def attend(self, x, relative_pos_enc=None):
+        """The attention output before the heads are merged back into channels: (B, heads, H*W, C // heads)."""
+        B, C, H, W = x.shape
+        heads, d = self.num_heads, C // self.num_heads
+        # token-major projections (B, N, C): (B, heads, N, d) as the attention kernel reads it, with no copy
+        # when heads == 1
+        q = pointwise.conv1x1_tokens(x, self.q.weight, self.q.bias).reshape(B, -1, heads, d).transpose(1, 2)
         kv = reduce.reduce_keys(x, self.sr, self.local_conv, self.sr_ratio, backend=self.backend,
                                 centre_tap=getattr(self, "residual_tap", None))
-        k, v = torch.chunk(self.kv(kv), chunks=2, dim=1)
-        k = k.reshape(B, heads, C // heads, -1).transpose(-1, -2)
-        v = v.reshape(B, heads, C // heads, -1).transpose(-1, -2)
+        # k and v as two products (weight rows [:C] and [C:]): each comes out contiguous
+        wk, wv = self.kv.weight.chunk(2, dim=0)
+        bk, bv = (None, None) if self.kv.bias is None else self.kv.bias.chunk(2)
+        k = pointwise.conv1x1_tokens(kv, wk, bk).reshape(B, -1, heads, d).transpose(1, 2)
+        v = pointwise.conv1x1_tokens(kv, wv, bv).reshape(B, -1, heads, d).transpose(1, 2)
         N, M = q.shape[2], k.shape[2]
         if relative_pos_enc is not None and relative_pos_enc.shape[2:] != (N, M):
             relative_pos_enc = F.interpolate(relative_pos_enc, size=(N, M), mode="bicubic", align_corners=False)
@@ -168,7 +181,7 @@ class OSRA(nn.Module):
         else:
             bias = None if relative_pos_enc is None else relative_pos_enc.to(q.dtype)
             out = ops.osra_attention(q, k, v, bias, scale=self.scale, backend=self.backend)
-        return out.transpose(-1, -2).reshape(B, C, H, W)
+        return out
 
 
 class DMixer(nn.Module):
@@ -186,10 +199,30 @@ class DMixer(nn.Module):
             nn.Conv2d(dim, inner_dim, kernel_size=1), nn.GELU(), nn.BatchNorm2d(inner_dim),
             nn.Conv2d(inner_dim, dim, kernel_size=1), nn.BatchNorm2d(dim))
 
-    def forward(self, x, relative_pos_enc=None):
+    def forward(self, x, relative_pos_enc=None, residual=None, layer_scale=None):
+        """proj(y) + y (STE) with y = cat(IDConv(x1), OSRA(x2)); with `residual` and `layer_scale` (a
+        LayerScale): residual + layer_scale(proj(y) + y), one fused GEMM epilogue in eval mode."""
+        B, _, H, W = x.shape
         x1, x2 = torch.chunk(x, chunks=2, dim=1)
-        x = torch.cat([self.local_unit(x1), self.global_unit(x2, relative_pos_enc)], dim=1)
-        return self.proj(x) + x  # STE
+        local = self.local_unit(x1)
+        if isinstance(self.global_unit, OSRA):
+            attn = self.global_unit.attend(x2, relative_pos_enc)  # (B, heads, N, d)
+            heads, d = attn.shape[1], attn.shape[3]
+            # one copy merges the heads and concatenates: the attention output goes transposed into its channels
+            y = torch.cat([local.reshape(B, heads, d, H * W), attn.transpose(-1, -2)], dim=1).reshape(B, -1, H, W)
+        else:  # a unit swapped in by the user (e.g. an official Attention before transxnet_ops.convert)
+            y = torch.cat([local, self.global_unit(x2, relative_pos_enc)], dim=1)
+        p = self.proj
+        if all(pointwise.folds(p[i]) for i in (2, 5, 7)) and pointwise.is_conv1x1(p[3]) and pointwise.is_conv1x1(p[6]):
+            # eval: the three BatchNorms are affine maps folded into the two 1x1 convs (and the layer scale)
+            u = p[4](pointwise.conv1x1(p[1](p[0](y)), *pointwise.fold_1x1(p[3], before=p[2])))
+            if layer_scale is None:
+                return pointwise.conv1x1(u, *pointwise.fold_1x1(p[6], before=p[5], after=p[7]), residual=y)
+            gamma = layer_scale.weight.view(-1)
+            w, b = pointwise.fold_1x1(p[6], before=p[5], after=p[7], out_scale=gamma, out_shift=layer_scale.bias)
+            return pointwise.conv1x1(u, w, b, residual=torch.addcmul(residual, y, gamma.view(1, -1, 1, 1)))
+        out = pointwise.run(p, y) + y  # STE
+        return out if layer_scale is None else residual + layer_scale(out)
 
 
 HybridTokenMixer = DMixer  # the official name
@@ -225,10 +258,21 @@ class MSFFN(nn.Module):
         self.fc2 = nn.Sequential(nn.Conv2d(hidden_features, in_features, 1, bias=False), nn.BatchNorm2d(in_features))
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x):
-        x = self.fc1(x)
-        x = self.norm(self.act(self.dwconv(x) + x))
-        return self.drop(self.fc2(self.drop(x)))
+    def forward(self, x, residual=None, layer_scale=None):
+        """fc2(norm(act(dwconv(h) + h))) with h = fc1(x); with `residual` and `layer_scale` (a LayerScale):
+        residual + layer_scale(that), one fused GEMM epilogue in eval mode."""
+        x = pointwise.run(self.fc1, x)
+        x = self.act(self.dwconv(x) + x)
+        no_dropout = self.drop.p == 0 or not self.drop.training
+        if no_dropout and pointwise.folds(self.norm) and pointwise.folds(self.fc2[1]) and pointwise.is_conv1x1(self.fc2[0]):
+            # eval: norm and fc2's BatchNorm folded into fc2 (and the layer scale into its output rows)
+            if layer_scale is None:
+                return pointwise.conv1x1(x, *pointwise.fold_1x1(self.fc2[0], before=self.norm, after=self.fc2[1]))
+            w, b = pointwise.fold_1x1(self.fc2[0], before=self.norm, after=self.fc2[1],
+                                      out_scale=layer_scale.weight.view(-1), out_shift=layer_scale.bias)
+            return pointwise.conv1x1(x, w, b, residual=residual)
+        out = self.drop(pointwise.run(self.fc2, self.drop(self.norm(x))))
+        return out if layer_scale is None else residual + layer_scale(out)
 
 
 Mlp = MSFFN  # the official name
@@ -273,6 +317,8 @@ class Block(nn.Module):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
         self.pos_embed = DWConv2d(dim, 7, backend=backend)  # DPE
+        # x + pos_embed(x) as one conv: this 1 at the centre tap adds to pos_embed's weight
+        self.register_buffer("pos_embed_tap", _centre_tap(self.pos_embed.weight), persistent=False)
         self.norm1 = nn.GroupNorm(1, dim)
         self.token_mixer = DMixer(dim, kernel_size=kernel_size, num_groups=num_groups, num_heads=num_heads,
                                   sr_ratio=sr_ratio, backend=backend)
@@ -286,7 +332,12 @@ class Block(nn.Module):
             self.layer_scale_1 = self.layer_scale_2 = nn.Identity()
 
     def _forward(self, x, relative_pos_enc=None):
-        x = x + self.pos_embed(x)
+        pe = self.pos_embed
+        x = ops.dwconv2d(x, pe.weight + self.pos_embed_tap.to(pe.weight.dtype), pe.bias, backend=pe.backend)  # x + DPE(x)
+        if isinstance(self.layer_scale_1, LayerScale) and (isinstance(self.drop_path, nn.Identity) or not self.training):
+            # no stochastic depth: the token mixer and the MS-FFN add their scaled outputs to x themselves
+            x = self.token_mixer(self.norm1(x), relative_pos_enc, residual=x, layer_scale=self.layer_scale_1)
+            return self.mlp(self.norm2(x), residual=x, layer_scale=self.layer_scale_2)
         x = x + self.drop_path(self.layer_scale_1(self.token_mixer(self.norm1(x), relative_pos_enc)))
         return x + self.drop_path(self.layer_scale_2(self.mlp(self.norm2(x))))
 
@@ -294,6 +345,13 @@ class Block(nn.Module):
         if self.grad_checkpoint and x.requires_grad:
             return torch.utils.checkpoint.checkpoint(self._forward, x, relative_pos_enc, use_reentrant=False)
         return self._forward(x, relative_pos_enc)
+
+
+def _centre_tap(weight):
+    """A tensor like a depthwise weight (C, 1, k, k) that is 1 at the centre tap: w + it computes conv(x) + x."""
+    tap = torch.zeros_like(weight, requires_grad=False)
+    tap[:, :, weight.shape[2] // 2, weight.shape[3] // 2] = 1
+    return tap
 
 
 class PatchEmbed(nn.Module):

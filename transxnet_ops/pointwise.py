@@ -1,0 +1,135 @@
+"""1x1 convolutions and eval-mode BatchNorm folding for the TransXNet blocks (plain PyTorch ops, autograd and
+torch.compile as usual; parameters and state_dicts stay those of the nn.Conv2d / nn.BatchNorm2d modules).
+
+Why: on CPU, oneDNN's convolution backward is slow when a 1x1 conv has few input or output channels (the
+token mixer's dim -> max(16, dim/8) -> dim pair, IDConv's weight generator on the pooled map, OSRA's q/kv
+projections at stages 0-1): 4-90x slower than the same product as a batched matmul on (B, C, H*W). Wide
+1x1 convs (MS-FFN fc1/fc2) stay on oneDNN, which is 2x faster than the matmul there. GPUs keep cuDNN.
+
+In eval mode a BatchNorm is a per-channel affine map: folded into the neighbouring 1x1 / KxK conv's weight
+and bias at call time (nothing is stored, training mode keeps the exact BatchNorm semantics).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ------------------------------------------------------------------------------------------------ 1x1 conv
+def matmul_pays(x, in_channels, out_channels):
+    """Whether a 1x1 conv on x runs faster as a batched matmul: CPU, NCHW-contiguous, one narrow side (< 64
+    channels) and either no wide side (<= 128) or a small map (<= 256 positions; measured on TransXNet-T
+    shapes, 2 threads: e.g. 48->16 @56^2 fwd+bwd 11.9 -> 1.0 ms, while 192->48 @56^2 is faster on oneDNN)."""
+    if x.device.type != "cpu" or x.dim() != 4:
+        return False
+    small_map = x.shape[2] * x.shape[3] <= 256
+    if not (_batched_nchw(x) or small_map):  # a large channels_last map: not worth the copy
+        return False
+    return min(in_channels, out_channels) < 64 and (max(in_channels, out_channels) <= 128 or small_map)
+
+
+def _batched_nchw(x):
+    """x views as (B, C, H*W) with unit stride along H*W (contiguous, or a channel slice of a contiguous tensor
+    such as torch.chunk(x, 2, dim=1) makes)."""
+    _, C, H, W = x.shape
+    return x.stride(3) == 1 and (H == 1 or x.stride(2) == W) and (C == 1 or x.stride(1) == H * W)
+
+
+def conv1x1(x, weight, bias=None, residual=None):
+    """residual + conv1x1(x, weight, bias). x (B, Ci, H, W); weight (Co, Ci, 1, 1) or (Co, Ci); bias (Co,)
+    or None; residual (B, Co, H, W) or None."""
+    B, Ci, H, W = x.shape
+    Co = weight.shape[0]
+    w = weight.reshape(Co, Ci)
+    if not matmul_pays(x, Ci, Co):
+        y = F.conv2d(x, w.view(Co, Ci, 1, 1), bias)
+        return y if residual is None else y + residual
+    xv = x.reshape(B, Ci, H * W)
+    fuse_residual = residual is not None and _batched_nchw(residual) and not torch.is_autocast_enabled("cpu")
+    if fuse_residual:  # autocast would cast the residual stream down: add it separately then
+        y = torch.baddbmm(residual.reshape(B, Co, H * W), w.expand(B, Co, Ci), xv)
+        if bias is not None:
+            y = y + bias.view(1, Co, 1)
+        return y.reshape(B, Co, H, W)
+    if bias is None:
+        y = torch.bmm(w.expand(B, Co, Ci), xv)  # bmm, not matmul: matmul's fold to mm relies on strides
+    else:
+        y = torch.baddbmm(bias.view(1, Co, 1), w.expand(B, Co, Ci), xv)
+    y = y.reshape(B, Co, H, W)
+    return y if residual is None else y + residual
+
+
+def conv1x1_tokens(x, weight, bias=None):
+    """The 1x1 conv's output token-major: (B, H*W, Co), i.e. x^T W^T (one GEMM with a transposed operand, no
+    copy); what an attention kernel reads as (B, heads, N, d) when heads == 1."""
+    B, Ci, H, W = x.shape
+    Co = weight.shape[0]
+    w = weight.reshape(Co, Ci)
+    if matmul_pays(x, Ci, Co):
+        xt = x.reshape(B, Ci, H * W).transpose(1, 2)
+        if bias is None:
+            return torch.bmm(xt, w.t().expand(B, Ci, Co))
+        return torch.baddbmm(bias.view(1, 1, Co), xt, w.t().expand(B, Ci, Co))
+    return F.conv2d(x, w.view(Co, Ci, 1, 1), bias).flatten(2).transpose(1, 2)
+
+
+def is_conv1x1(m):
+    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding == (0, 0)
+            and m.dilation == (1, 1) and m.groups == 1)
+
+
+def run(modules, x):
+    """nn.Sequential-like: every plain 1x1 nn.Conv2d through conv1x1, the other modules as they are."""
+    for m in modules:
+        x = conv1x1(x, m.weight, m.bias) if is_conv1x1(m) else m(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------ BN folding
+def folds(bn):
+    """An nn.BatchNorm2d that is a fixed per-channel affine map now (eval mode with running statistics)."""
+    return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None
+
+
+def bn_affine(bn):
+    """(scale, shift) with bn(x) == x * scale + shift per channel (eval mode)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def fold_1x1(conv, before=None, after=None, out_scale=None, out_shift=None):
+    """(weight (Co, Ci), bias (Co,)) of  out_scale * after(conv(before(x))) + out_shift, where `before` and
+    `after` are eval-mode BatchNorms (or None) and out_scale / out_shift per-channel tensors (or None)."""
+    w = conv.weight.reshape(conv.out_channels, conv.in_channels)
+    b = conv.bias
+    if before is not None:
+        s, t = bn_affine(before)
+        b = w @ t if b is None else b + w @ t
+        w = w * s
+    if after is not None:
+        s, t = bn_affine(after)
+        w = w * s[:, None]
+        b = t if b is None else b * s + t
+    if out_scale is not None:
+        w = w * out_scale[:, None]
+        b = None if b is None else b * out_scale
+    if out_shift is not None:
+        b = out_shift if b is None else b + out_shift
+    return w, b
+
+
+def conv_bn(conv, bn, x):
+    """bn(conv(x)) for any nn.Conv2d; the BatchNorm folded into the conv in eval mode, 1x1 via conv1x1."""
+    if folds(bn):
+        scale, shift = bn_affine(bn)
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        if is_conv1x1(conv):
+            return conv1x1(x, weight, shift)
+        return conv._conv_forward(x, weight, shift)
+    return bn(conv1x1(x, conv.weight, conv.bias) if is_conv1x1(conv) else conv(x))
