@@ -13,19 +13,11 @@ import torch
 import transxnet_ops
 from transxnet_ops import _ext, reference
 
-pytestmark = pytest.mark.skipif(not _ext.has_cpu_kernels(), reason="the C++ extension is not built")
+pytestmark = [pytest.mark.skipif(not _ext.has_cpu_kernels(), reason="the C++ extension is not built"),
+              pytest.mark.usefixtures("nan_filled_empty")]  # unwritten outputs read as NaN
 ops = torch.ops.transxnet_ops
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def _nan_filled_empty():
-    """torch.empty (also inside the kernels) returns NaN-filled memory while deterministic mode is on."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(was)
 
 
 def err(actual, expected):
