@@ -238,10 +238,16 @@ class MultiScaleDWConv(nn.Module):
         self.backend = backend
         self.channels = [dim - dim // len(scale) * (len(scale) - 1)] + [dim // len(scale)] * (len(scale) - 1)
         self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
+        # dwconv(x) + x as one conv: these 1s at the centre taps add to the weights (forward(x, add_input=True))
+        for i, conv in enumerate(self.proj):
+            self.register_buffer(f"residual_tap_{i}", _centre_tap(conv.weight), persistent=False)
 
-    def forward(self, x):
-        return ops.multiscale_dwconv2d(x, [conv.weight for conv in self.proj], [conv.bias for conv in self.proj],
-                                       backend=self.backend)
+    def forward(self, x, add_input=False):
+        """The multi-scale depthwise conv of x; plus x itself with add_input=True (folded into the weights)."""
+        weights = [conv.weight for conv in self.proj]
+        if add_input:
+            weights = [w + getattr(self, f"residual_tap_{i}").to(w.dtype) for i, w in enumerate(weights)]
+        return ops.multiscale_dwconv2d(x, weights, [conv.bias for conv in self.proj], backend=self.backend)
 
 
 class MSFFN(nn.Module):
@@ -262,7 +268,7 @@ class MSFFN(nn.Module):
         """fc2(norm(act(dwconv(h) + h))) with h = fc1(x); with `residual` and `layer_scale` (a LayerScale):
         residual + layer_scale(that), one fused GEMM epilogue in eval mode."""
         x = pointwise.run(self.fc1, x)
-        x = self.act(self.dwconv(x) + x)
+        x = self.act(self.dwconv(x, add_input=True))  # dwconv(x) + x
         no_dropout = self.drop.p == 0 or not self.drop.training
         if no_dropout and pointwise.folds(self.norm) and pointwise.folds(self.fc2[1]) and pointwise.is_conv1x1(self.fc2[0]):
             # eval: norm and fc2's BatchNorm folded into fc2 (and the layer scale into its output rows)

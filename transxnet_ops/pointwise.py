@@ -78,10 +78,53 @@ def is_conv1x1(m):
 
 
 def run(modules, x):
-    """nn.Sequential-like: every plain 1x1 nn.Conv2d through conv1x1, the other modules as they are."""
-    for m in modules:
-        x = conv1x1(x, m.weight, m.bias) if is_conv1x1(m) else m(x)
+    """nn.Sequential-like: every plain 1x1 nn.Conv2d through conv1x1 (and through conv1x1_gelu when an
+    exact nn.GELU follows it), the other modules as they are."""
+    modules = list(modules)
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        if is_conv1x1(m) and i + 1 < len(modules) and is_exact_gelu(modules[i + 1]):
+            x, i = conv1x1_gelu(x, m.weight, m.bias), i + 2
+            continue
+        x, i = (conv1x1(x, m.weight, m.bias) if is_conv1x1(m) else m(x)), i + 1
     return x
+
+
+# ------------------------------------------------------------------------------------------------ 1x1 conv + GELU
+def is_exact_gelu(m):
+    return type(m) is nn.GELU and m.approximate == "none"
+
+
+def onednn_gelu_pays(x, weight, bias=None):
+    """Whether gelu(conv(x)) can run as one oneDNN convolution with an erf-GELU post-op: CPU fp32 inference
+    (no autograd, no autocast), eager (torch.compile fuses the GELU itself), and a wide 1x1 conv that stays on
+    oneDNN anyway (MS-FFN fc1: saves the GELU's separate pass over the 4x-wide hidden map)."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    return (not needs_grad and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and not torch.is_autocast_enabled("cpu") and _ONEDNN_CONV_POINTWISE is not None
+            and torch.backends.mkldnn.enabled and not matmul_pays(x, weight.shape[1], weight.shape[0]))
+
+
+def _onednn_conv_pointwise():
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+_ONEDNN_CONV_POINTWISE = _onednn_conv_pointwise()
+
+
+def conv1x1_gelu(x, weight, bias=None):
+    """F.gelu(conv1x1(x, weight, bias)) (exact, erf GELU); fused into oneDNN's convolution in CPU inference."""
+    Co, Ci = weight.shape[0], x.shape[1]
+    if onednn_gelu_pays(x, weight, bias):
+        # algorithm "none": oneDNN's eltwise_gelu_erf, the exact GELU F.gelu computes
+        return _ONEDNN_CONV_POINTWISE(x, weight.reshape(Co, Ci, 1, 1), bias, [0, 0], [1, 1], [1, 1], 1,
+                                      "gelu", [], "none")
+    return F.gelu(conv1x1(x, weight, bias))
 
 
 # ------------------------------------------------------------------------------------------------ BN folding
