@@ -128,6 +128,38 @@ def conv1x1_gelu(x, weight, bias=None):
 
 
 # ------------------------------------------------------------------------------------------------ BN folding
+def memo(owner, name, sources, make):
+    """make(), kept on `owner` per state of `sources` (modules: their own parameters and buffers; tensors; None):
+    eval-time folded weights are built once, not per call (some 300 tiny ops per TransXNet-T forward).
+
+    A new value follows any in-place update of a source (version counter: optimizer steps, load_state_dict) or a
+    replaced storage (.to(), param.data = ...; the old storage is held, so its address cannot be reused). Bypassed
+    when autograd may need the sources' gradients, and under torch.compile (the traced graph folds by itself)."""
+    if torch.compiler.is_compiling():
+        return make()
+    tensors = []
+    for src in sources:
+        if isinstance(src, nn.Module):
+            tensors += [t for t in src._parameters.values() if t is not None]
+            tensors += [t for t in src._buffers.values() if t is not None]
+        elif src is not None:
+            tensors.append(src)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return make()
+    try:
+        key = [(t.data_ptr(), t._version) for t in tensors]
+    except RuntimeError:  # e.g. inference tensors (no version counter), functorch wrappers (no storage)
+        return make()
+    cache = owner.__dict__.setdefault("_transxnet_memo", {})
+    hit = cache.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable later under autograd too
+        value = make()
+    cache[name] = (key, value, [t.untyped_storage() for t in tensors])
+    return value
+
+
 def folds(bn):
     """An nn.BatchNorm2d that is a fixed per-channel affine map now (eval mode with running statistics)."""
     return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None
@@ -168,11 +200,15 @@ def fold_1x1(conv, before=None, after=None, out_scale=None, out_shift=None):
 def conv_bn(conv, bn, x):
     """bn(conv(x)) for any nn.Conv2d; the BatchNorm folded into the conv in eval mode, 1x1 via conv1x1."""
     if folds(bn):
-        scale, shift = bn_affine(bn)
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        weight, shift = memo(bn, "conv_bn", (conv, bn), lambda: _fold_conv_bn(conv, bn))
         if is_conv1x1(conv):
             return conv1x1(x, weight, shift)
         return conv._conv_forward(x, weight, shift)
     return bn(conv1x1(x, conv.weight, conv.bias) if is_conv1x1(conv) else conv(x))
+
+
+def _fold_conv_bn(conv, bn):
+    scale, shift = bn_affine(bn)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), shift
