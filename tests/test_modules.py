@@ -190,6 +190,57 @@ def test_multi_scale_dwconv_splits():
     assert m(torch.randn(1, 10, 6, 6)).shape == (1, 10, 6, 6)
 
 
+
+def test_multi_scale_dwconv_adds_its_input_through_the_centre_taps():
+    """forward(x, add_input=True) == forward(x) + x, gradients included (the 1s add to the weights' centre taps)."""
+    torch.manual_seed(0)
+    m = randomize_(MultiScaleDWConv(10)).to(DT)
+    x = torch.randn(2, 10, 7, 6, dtype=DT, requires_grad=True)
+    out, ref = m(x, add_input=True), m(x) + x
+    assert rel_err(out, ref) < 1e-12
+    gy = torch.randn_like(out)
+    params = [x] + list(m.parameters())
+    for g, g_ref in zip(torch.autograd.grad(out, params, gy), torch.autograd.grad(ref, params, gy)):
+        assert rel_err(g, g_ref) < 1e-12
+    assert set(m.state_dict()) == {f"proj.{i}.{p}" for i in range(4) for p in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_msffn_matches_official_mlp(train):
+    """MS-FFN (with the layer scale and residual the Block passes) against the official Mlp + LayerScale: outputs,
+    gradients, running statistics; eval inference (fused conv+GELU, cached folds) stays right across updates."""
+    from transxnet_ops.models import official as O
+    from transxnet_ops.nn import MSFFN
+    torch.manual_seed(0)
+    dtype = DT if train else torch.float32
+    ours = randomize_(MSFFN(16, 192)).to(dtype).train(train)  # fc1 16 -> 192 @ 17^2: on oneDNN, not a matmul
+    scale = randomize_(LayerScale(16)).to(dtype)
+    ref, ref_scale = O.Mlp(16, 192).to(dtype).train(train), O.LayerScale(16).to(dtype)
+    ref.load_state_dict(ours.state_dict()), ref_scale.load_state_dict(scale.state_dict())
+    x, res = torch.randn(2, 16, 17, 17, dtype=dtype), torch.randn(2, 16, 17, 17, dtype=dtype)
+    tol = 1e-12 if train else 1e-5
+    if train:
+        x.requires_grad_()
+        out, expected = ours(x, residual=res, layer_scale=scale), res + ref_scale(ref(x))
+        assert rel_err(out, expected) < tol
+        gy = torch.randn_like(out)
+        ps, ps_ref = [x] + list(ours.parameters()), [x] + list(ref.parameters())
+        for g, g_ref in zip(torch.autograd.grad(out, ps, gy), torch.autograd.grad(expected, ps_ref, gy)):
+            # a bias before a training BatchNorm gets a gradient of ~0 (rounding): compared absolutely
+            assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-12)
+        for (k, v), v_ref in zip(ours.state_dict().items(), ref.state_dict().values()):
+            assert torch.allclose(v, v_ref, rtol=1e-12, atol=0), k
+        return
+    with torch.no_grad():
+        for step in range(3):
+            out, expected = ours(x, residual=res, layer_scale=scale), res + ref_scale(ref(x))
+            assert rel_err(out - res, expected - res) < tol, step
+            for p, p_ref in zip(list(ours.parameters()) + list(scale.parameters()),
+                                list(ref.parameters()) + list(ref_scale.parameters())):
+                p.mul_(1.1), p_ref.mul_(1.1)  # in place, as an optimizer step: cached folds must follow
+            ours.norm.running_var.add_(0.1), ref.norm.running_var.add_(0.1)
+
+
 # ------------------------------------------------------------------------------------------------ convert
 class _Wrapper(nn.Module):
     def __init__(self):

@@ -106,3 +106,81 @@ def test_conv_bn_matches_modules_and_updates_statistics(kernel, stride, act, tra
     grads = torch.autograd.grad(out, [x] + list(fused.parameters()), gy)
     for g, g_ref in zip(grads, torch.autograd.grad(expected, [x] + list(ref.parameters()), gy)):
         assert rel_err(g, g_ref) < 1e-10
+
+
+# ------------------------------------------------------------------------------------------------ conv + GELU
+_ONEDNN = pointwise._ONEDNN_CONV_POINTWISE is not None and torch.backends.mkldnn.enabled
+
+
+@pytest.mark.skipif(not _ONEDNN, reason="torch built without oneDNN's fused convolution (mkldnn._convolution_pointwise)")
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv1x1_gelu_fused_in_inference_is_the_exact_gelu(bias):
+    """CPU fp32 inference: one oneDNN conv with an erf-GELU post-op, equal to F.gelu(conv) (not the tanh form)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 48, 20, 20)
+    w, b = torch.randn(192, 48, 1, 1) * 0.2, (torch.randn(192) if bias else None)
+    ref = F.gelu(F.conv2d(x.double(), w.double(), None if b is None else b.double()))
+    with torch.no_grad():
+        assert pointwise.onednn_gelu_pays(x, w, b)
+        out = pointwise.conv1x1_gelu(x, w, b)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) < 1e-6
+    tanh_form = F.gelu(F.conv2d(x.double(), w.double(), None if b is None else b.double()), approximate="tanh")
+    assert rel_err(out, tanh_form) > 10 * rel_err(out, ref)
+
+
+def test_conv1x1_gelu_keeps_autograd_and_narrow_convs_unfused():
+    """With autograd (training), under autocast or on a matmul-path shape: the plain conv then F.gelu."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 48, 20, 20, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(192, 48, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert not pointwise.onednn_gelu_pays(x.float(), w.float().detach().requires_grad_())
+    with torch.no_grad():
+        assert not pointwise.onednn_gelu_pays(torch.randn(2, 48, 8, 8), torch.randn(16, 48, 1, 1))  # matmul path
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not pointwise.onednn_gelu_pays(x.float(), w.float())
+    out = pointwise.conv1x1_gelu(x, w)
+    ref = F.gelu(F.conv2d(x, w))
+    assert rel_err(out, ref) < 1e-12
+    gy = torch.randn_like(out)
+    for g, g_ref in zip(torch.autograd.grad(out, (x, w), gy), torch.autograd.grad(ref, (x, w), gy)):
+        assert rel_err(g, g_ref) < 1e-12
+
+
+def test_run_fuses_conv_gelu_pairs_like_the_sequential():
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(48, 192, 1, bias=False), nn.GELU(), _bn(192, torch.float32)).eval()
+    x = torch.randn(2, 48, 20, 20)
+    with torch.no_grad():
+        assert rel_err(pointwise.run(seq, x), seq(x)) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ memo
+def test_memo_reuses_until_a_source_changes():
+    """Folded weights are kept per state: reused while the sources are unchanged, rebuilt after an in-place
+    update, load_state_dict or a replaced storage; bypassed when autograd needs the sources."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(8, 8, 1), _bn(8, torch.float32).eval()
+    owner, calls = nn.Module(), []
+
+    def fold():
+        calls.append(1)
+        return pointwise.fold_1x1(conv, after=bn)
+
+    def folded():
+        return pointwise.memo(owner, "w", (conv, bn), fold)
+
+    with torch.no_grad():
+        first = folded()
+        assert folded() is first and len(calls) == 1
+        conv.weight.mul_(2)  # in place: an optimizer step
+        second = folded()
+        assert len(calls) == 2 and torch.allclose(second[0], first[0] * 2)
+        bn.load_state_dict(_bn(8, torch.float32).state_dict())
+        third = folded()
+        assert len(calls) == 3 and torch.allclose(third[0], pointwise.fold_1x1(conv, after=bn)[0])
+        conv.weight.data = conv.weight.data.clone() * 3  # new storage, same version
+        assert len(calls) == 3 and torch.allclose(folded()[0], pointwise.fold_1x1(conv, after=bn)[0])
+        assert len(calls) == 4
+    w, _ = folded()  # grad enabled, parameters require grad: built per call, on the autograd graph
+    assert len(calls) == 5 and w.requires_grad

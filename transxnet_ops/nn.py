@@ -215,12 +215,16 @@ class DMixer(nn.Module):
         p = self.proj
         if all(pointwise.folds(p[i]) for i in (2, 5, 7)) and pointwise.is_conv1x1(p[3]) and pointwise.is_conv1x1(p[6]):
             # eval: the three BatchNorms are affine maps folded into the two 1x1 convs (and the layer scale)
-            u = p[4](pointwise.conv1x1(p[1](p[0](y)), *pointwise.fold_1x1(p[3], before=p[2])))
+            w1, b1 = pointwise.memo(self, "fc1", (p[2], p[3]), lambda: pointwise.fold_1x1(p[3], before=p[2]))
+            u = p[4](pointwise.conv1x1(p[1](p[0](y)), w1, b1))
             if layer_scale is None:
-                return pointwise.conv1x1(u, *pointwise.fold_1x1(p[6], before=p[5], after=p[7]), residual=y)
+                w2, b2 = pointwise.memo(self, "fc2", (p[5], p[6], p[7]),
+                                        lambda: pointwise.fold_1x1(p[6], before=p[5], after=p[7]))
+                return pointwise.conv1x1(u, w2, b2, residual=y)
             gamma = layer_scale.weight.view(-1)
-            w, b = pointwise.fold_1x1(p[6], before=p[5], after=p[7], out_scale=gamma, out_shift=layer_scale.bias)
-            return pointwise.conv1x1(u, w, b, residual=torch.addcmul(residual, y, gamma.view(1, -1, 1, 1)))
+            w2, b2 = pointwise.memo(self, "fc2_scaled", (p[5], p[6], p[7], layer_scale), lambda: pointwise.fold_1x1(
+                p[6], before=p[5], after=p[7], out_scale=gamma, out_shift=layer_scale.bias))
+            return pointwise.conv1x1(u, w2, b2, residual=torch.addcmul(residual, y, gamma.view(1, -1, 1, 1)))
         out = pointwise.run(p, y) + y  # STE
         return out if layer_scale is None else residual + layer_scale(out)
 
@@ -238,10 +242,17 @@ class MultiScaleDWConv(nn.Module):
         self.backend = backend
         self.channels = [dim - dim // len(scale) * (len(scale) - 1)] + [dim // len(scale)] * (len(scale) - 1)
         self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
+        # dwconv(x) + x as one conv: these 1s at the centre taps add to the weights (forward(x, add_input=True))
+        for i, conv in enumerate(self.proj):
+            self.register_buffer(f"residual_tap_{i}", _centre_tap(conv.weight), persistent=False)
 
-    def forward(self, x):
-        return ops.multiscale_dwconv2d(x, [conv.weight for conv in self.proj], [conv.bias for conv in self.proj],
-                                       backend=self.backend)
+    def forward(self, x, add_input=False):
+        """The multi-scale depthwise conv of x; plus x itself with add_input=True (folded into the weights)."""
+        weights = [conv.weight for conv in self.proj]
+        if add_input:
+            weights = pointwise.memo(self, "weights_plus_taps", self.proj, lambda: [
+                w + getattr(self, f"residual_tap_{i}").to(w.dtype) for i, w in enumerate(weights)])
+        return ops.multiscale_dwconv2d(x, weights, [conv.bias for conv in self.proj], backend=self.backend)
 
 
 class MSFFN(nn.Module):
@@ -262,14 +273,15 @@ class MSFFN(nn.Module):
         """fc2(norm(act(dwconv(h) + h))) with h = fc1(x); with `residual` and `layer_scale` (a LayerScale):
         residual + layer_scale(that), one fused GEMM epilogue in eval mode."""
         x = pointwise.run(self.fc1, x)
-        x = self.act(self.dwconv(x) + x)
+        x = self.act(self.dwconv(x, add_input=True))  # dwconv(x) + x
         no_dropout = self.drop.p == 0 or not self.drop.training
         if no_dropout and pointwise.folds(self.norm) and pointwise.folds(self.fc2[1]) and pointwise.is_conv1x1(self.fc2[0]):
             # eval: norm and fc2's BatchNorm folded into fc2 (and the layer scale into its output rows)
-            if layer_scale is None:
-                return pointwise.conv1x1(x, *pointwise.fold_1x1(self.fc2[0], before=self.norm, after=self.fc2[1]))
-            w, b = pointwise.fold_1x1(self.fc2[0], before=self.norm, after=self.fc2[1],
-                                      out_scale=layer_scale.weight.view(-1), out_shift=layer_scale.bias)
+            sources = (self.norm, self.fc2[0], self.fc2[1], layer_scale)
+            w, b = pointwise.memo(self, "fc2", sources, lambda: pointwise.fold_1x1(
+                self.fc2[0], before=self.norm, after=self.fc2[1],
+                out_scale=None if layer_scale is None else layer_scale.weight.view(-1),
+                out_shift=None if layer_scale is None else layer_scale.bias))
             return pointwise.conv1x1(x, w, b, residual=residual)
         out = self.drop(pointwise.run(self.fc2, self.drop(self.norm(x))))
         return out if layer_scale is None else residual + layer_scale(out)
@@ -333,7 +345,8 @@ class Block(nn.Module):
 
     def _forward(self, x, relative_pos_enc=None):
         pe = self.pos_embed
-        x = ops.dwconv2d(x, pe.weight + self.pos_embed_tap.to(pe.weight.dtype), pe.bias, backend=pe.backend)  # x + DPE(x)
+        weight = pointwise.memo(self, "pos_embed", (pe,), lambda: pe.weight + self.pos_embed_tap.to(pe.weight.dtype))
+        x = ops.dwconv2d(x, weight, pe.bias, backend=pe.backend)  # x + DPE(x)
         if isinstance(self.layer_scale_1, LayerScale) and (isinstance(self.drop_path, nn.Identity) or not self.training):
             # no stochastic depth: the token mixer and the MS-FFN add their scaled outputs to x themselves
             x = self.token_mixer(self.norm1(x), relative_pos_enc, residual=x, layer_scale=self.layer_scale_1)

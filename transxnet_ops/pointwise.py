@@ -7,7 +7,10 @@ projections at stages 0-1): 4-90x slower than the same product as a batched matm
 1x1 convs (MS-FFN fc1/fc2) stay on oneDNN, which is 2x faster than the matmul there. GPUs keep cuDNN.
 
 In eval mode a BatchNorm is a per-channel affine map: folded into the neighbouring 1x1 / KxK conv's weight
-and bias at call time (nothing is stored, training mode keeps the exact BatchNorm semantics).
+and bias (training mode keeps the exact BatchNorm semantics). Without autograd the folded weights are kept per
+parameter state (`memo`: nothing in the state_dict; rebuilt after any update), else built per call.
+In CPU fp32 inference a wide 1x1 conv followed by an exact GELU (MS-FFN fc1) is one oneDNN convolution with an
+erf-GELU post-op (`conv1x1_gelu`): one pass less over the 4x-wide hidden map.
 """
 import torch
 import torch.nn.functional as F
@@ -78,13 +81,88 @@ def is_conv1x1(m):
 
 
 def run(modules, x):
-    """nn.Sequential-like: every plain 1x1 nn.Conv2d through conv1x1, the other modules as they are."""
-    for m in modules:
-        x = conv1x1(x, m.weight, m.bias) if is_conv1x1(m) else m(x)
+    """nn.Sequential-like: every plain 1x1 nn.Conv2d through conv1x1 (and through conv1x1_gelu when an
+    exact nn.GELU follows it), the other modules as they are."""
+    modules = list(modules)
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        if is_conv1x1(m) and i + 1 < len(modules) and is_exact_gelu(modules[i + 1]):
+            x, i = conv1x1_gelu(x, m.weight, m.bias), i + 2
+            continue
+        x, i = (conv1x1(x, m.weight, m.bias) if is_conv1x1(m) else m(x)), i + 1
     return x
 
 
+# ------------------------------------------------------------------------------------------------ 1x1 conv + GELU
+def is_exact_gelu(m):
+    return type(m) is nn.GELU and m.approximate == "none"
+
+
+def onednn_gelu_pays(x, weight, bias=None):
+    """Whether gelu(conv(x)) can run as one oneDNN convolution with an erf-GELU post-op: CPU fp32 inference
+    (no autograd, no autocast), eager (torch.compile fuses the GELU itself), and a wide 1x1 conv that stays on
+    oneDNN anyway (MS-FFN fc1: saves the GELU's separate pass over the 4x-wide hidden map)."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    return (not needs_grad and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and not torch.is_autocast_enabled("cpu") and _ONEDNN_CONV_POINTWISE is not None
+            and torch.backends.mkldnn.enabled and not matmul_pays(x, weight.shape[1], weight.shape[0]))
+
+
+def _onednn_conv_pointwise():
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+_ONEDNN_CONV_POINTWISE = _onednn_conv_pointwise()
+
+
+def conv1x1_gelu(x, weight, bias=None):
+    """F.gelu(conv1x1(x, weight, bias)) (exact, erf GELU); fused into oneDNN's convolution in CPU inference."""
+    Co, Ci = weight.shape[0], x.shape[1]
+    if onednn_gelu_pays(x, weight, bias):
+        # algorithm "none": oneDNN's eltwise_gelu_erf, the exact GELU F.gelu computes
+        return _ONEDNN_CONV_POINTWISE(x, weight.reshape(Co, Ci, 1, 1), bias, [0, 0], [1, 1], [1, 1], 1,
+                                      "gelu", [], "none")
+    return F.gelu(conv1x1(x, weight, bias))
+
+
 # ------------------------------------------------------------------------------------------------ BN folding
+def memo(owner, name, sources, make):
+    """make(), kept on `owner` per state of `sources` (modules: their own parameters and buffers; tensors; None):
+    eval-time folded weights are built once, not per call (some 300 tiny ops per TransXNet-T forward).
+
+    A new value follows any in-place update of a source (version counter: optimizer steps, load_state_dict) or a
+    replaced storage (.to(), param.data = ...; the old storage is held, so its address cannot be reused). Bypassed
+    when autograd may need the sources' gradients, and under torch.compile (the traced graph folds by itself)."""
+    if torch.compiler.is_compiling():
+        return make()
+    tensors = []
+    for src in sources:
+        if isinstance(src, nn.Module):
+            tensors += [t for t in src._parameters.values() if t is not None]
+            tensors += [t for t in src._buffers.values() if t is not None]
+        elif src is not None:
+            tensors.append(src)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return make()
+    try:
+        key = [(t.data_ptr(), t._version) for t in tensors]
+    except RuntimeError:  # e.g. inference tensors (no version counter), functorch wrappers (no storage)
+        return make()
+    cache = owner.__dict__.setdefault("_transxnet_memo", {})
+    hit = cache.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable later under autograd too
+        value = make()
+    cache[name] = (key, value, [t.untyped_storage() for t in tensors])
+    return value
+
+
 def folds(bn):
     """An nn.BatchNorm2d that is a fixed per-channel affine map now (eval mode with running statistics)."""
     return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None
@@ -125,11 +203,15 @@ def fold_1x1(conv, before=None, after=None, out_scale=None, out_shift=None):
 def conv_bn(conv, bn, x):
     """bn(conv(x)) for any nn.Conv2d; the BatchNorm folded into the conv in eval mode, 1x1 via conv1x1."""
     if folds(bn):
-        scale, shift = bn_affine(bn)
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        weight, shift = memo(bn, "conv_bn", (conv, bn), lambda: _fold_conv_bn(conv, bn))
         if is_conv1x1(conv):
             return conv1x1(x, weight, shift)
         return conv._conv_forward(x, weight, shift)
     return bn(conv1x1(x, conv.weight, conv.bias) if is_conv1x1(conv) else conv(x))
+
+
+def _fold_conv_bn(conv, bn):
+    scale, shift = bn_affine(bn)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), shift
