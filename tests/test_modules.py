@@ -1,6 +1,7 @@
 """IDConv2d and OSRA against the official DynamicConv2d / Attention (tests/official_reference.py) with the same
 weights, on every CPU backend: outputs, gradients, and BatchNorm running statistics after a training forward.
 Plus the small building blocks (LayerScale, DropPath, MultiScaleDWConv) and convert()."""
+import contextlib
 import copy
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 
 import transxnet_ops
 from official_reference import Attention, DynamicConv2d, official_like, to_official
-from transxnet_ops import IDConv2d, OSRA
+from transxnet_ops import IDConv2d, OSRA, pointwise
 from transxnet_ops.convert import convert
 from transxnet_ops.nn import DropPath, LayerScale, MultiScaleDWConv
 from utils import rel_err
@@ -205,8 +206,9 @@ def test_multi_scale_dwconv_adds_its_input_through_the_centre_taps():
     assert set(m.state_dict()) == {f"proj.{i}.{p}" for i in range(4) for p in ("weight", "bias")}
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_msffn_matches_official_mlp(train):
+@pytest.mark.parametrize("train,cached", [(False, False), (False, True), (True, False)],
+                         ids=["eval", "eval-cached", "train"])
+def test_msffn_matches_official_mlp(train, cached):
     """MS-FFN (with the layer scale and residual the Block passes) against the official Mlp + LayerScale: outputs,
     gradients, running statistics; eval inference (fused conv+GELU, cached folds) stays right across updates."""
     from transxnet_ops.models import official as O
@@ -231,7 +233,7 @@ def test_msffn_matches_official_mlp(train):
         for (k, v), v_ref in zip(ours.state_dict().items(), ref.state_dict().values()):
             assert torch.allclose(v, v_ref, rtol=1e-12, atol=0), k
         return
-    with torch.no_grad():
+    with torch.no_grad(), (pointwise.cached_folding() if cached else contextlib.nullcontext()):
         for step in range(3):
             out, expected = ours(x, residual=res, layer_scale=scale), res + ref_scale(ref(x))
             assert rel_err(out - res, expected - res) < tol, step
@@ -239,6 +241,8 @@ def test_msffn_matches_official_mlp(train):
                                 list(ref.parameters()) + list(ref_scale.parameters())):
                 p.mul_(1.1), p_ref.mul_(1.1)  # in place, as an optimizer step: cached folds must follow
             ours.norm.running_var.add_(0.1), ref.norm.running_var.add_(0.1)
+            if not cached:  # by default even writes through .data (no version bump) are seen
+                ours.fc2[0].weight.data.mul_(0.9), ref.fc2[0].weight.data.mul_(0.9)
 
 
 # ------------------------------------------------------------------------------------------------ convert

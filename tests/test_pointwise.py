@@ -170,7 +170,11 @@ def test_memo_reuses_until_a_source_changes():
     def folded():
         return pointwise.memo(owner, "w", (conv, bn), fold)
 
-    with torch.no_grad():
+    with torch.no_grad():  # off by default: built per call
+        folded(), folded()
+        assert len(calls) == 2
+    calls.clear()
+    with torch.no_grad(), pointwise.cached_folding():
         first = folded()
         assert folded() is first and len(calls) == 1
         conv.weight.mul_(2)  # in place: an optimizer step
@@ -182,5 +186,6 @@ def test_memo_reuses_until_a_source_changes():
         conv.weight.data = conv.weight.data.clone() * 3  # new storage, same version
         assert len(calls) == 3 and torch.allclose(folded()[0], pointwise.fold_1x1(conv, after=bn)[0])
         assert len(calls) == 4
-    w, _ = folded()  # grad enabled, parameters require grad: built per call, on the autograd graph
+    with pointwise.cached_folding():
+        w, _ = folded()  # grad enabled, parameters require grad: built per call, on the autograd graph
     assert len(calls) == 5 and w.requires_grad

@@ -7,14 +7,18 @@ projections at stages 0-1): 4-90x slower than the same product as a batched matm
 1x1 convs (MS-FFN fc1/fc2) stay on oneDNN, which is 2x faster than the matmul there. GPUs keep cuDNN.
 
 In eval mode a BatchNorm is a per-channel affine map: folded into the neighbouring 1x1 / KxK conv's weight
-and bias (training mode keeps the exact BatchNorm semantics). Without autograd the folded weights are kept per
-parameter state (`memo`: nothing in the state_dict; rebuilt after any update), else built per call.
+and bias (training mode keeps the exact BatchNorm semantics). The folded weights are built per call; inside
+`cached_folding()` (opt-in, for deployed inference) they are kept per parameter state instead (`memo`).
 In CPU fp32 inference a wide 1x1 conv followed by an exact GELU (MS-FFN fc1) is one oneDNN convolution with an
 erf-GELU post-op (`conv1x1_gelu`): one pass less over the 4x-wide hidden map.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_cache_folding = False
 
 
 # ------------------------------------------------------------------------------------------------ 1x1 conv
@@ -131,14 +135,30 @@ def conv1x1_gelu(x, weight, bias=None):
 
 
 # ------------------------------------------------------------------------------------------------ BN folding
+@contextlib.contextmanager
+def cached_folding(enabled=True):
+    """Keep eval-time folded weights between calls (`memo`): ~6% of a TransXNet-T CPU inference step (some 300
+    tiny ops). Opt-in because one kind of update is invisible to it: an in-place write through `param.data`
+    (`p.data.copy_(...)`, as some EMA helpers do) does not bump the parameter's version counter, so the cache
+    would keep serving the old folded weights. Optimizer steps, `load_state_dict`, `.to()` and `p.data = ...`
+    are all seen."""
+    global _cache_folding
+    previous, _cache_folding = _cache_folding, enabled
+    try:
+        yield
+    finally:
+        _cache_folding = previous
+
+
 def memo(owner, name, sources, make):
     """make(), kept on `owner` per state of `sources` (modules: their own parameters and buffers; tensors; None):
     eval-time folded weights are built once, not per call (some 300 tiny ops per TransXNet-T forward).
 
     A new value follows any in-place update of a source (version counter: optimizer steps, load_state_dict) or a
     replaced storage (.to(), param.data = ...; the old storage is held, so its address cannot be reused). Bypassed
-    when autograd may need the sources' gradients, and under torch.compile (the traced graph folds by itself)."""
-    if torch.compiler.is_compiling():
+    when autograd may need the sources' gradients, and under torch.compile (the traced graph folds by itself).
+    Active only inside `cached_folding()`."""
+    if not _cache_folding or torch.compiler.is_compiling():
         return make()
     tensors = []
     for src in sources:
