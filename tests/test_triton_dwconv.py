@@ -95,7 +95,8 @@ def test_sample_chunks(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_ops_contract(dtype):
-    """Outputs contiguous in the input dtype; bias optional; grad_bias (C,) or empty (0,); strided inputs."""
+    """Outputs dense in the input's memory format (channels_last in, channels_last out, as nn.Conv2d) and dtype;
+    bias optional; grad_bias (C,) or empty (0,); strided inputs."""
     fwd, bwd = _ops()
     splits, ks = [3, 2], [5, 3]
     x, w, b = _inputs(2, 6, 5, splits, ks, dtype)
@@ -103,13 +104,13 @@ def test_ops_contract(dtype):
     w_strided = torch.stack([w, w], 1)[:, 0]  # same values, stride 2
     for bias in (b, None):
         y = fwd(x_cl, w_strided, bias, splits, ks)
-        assert y.is_contiguous() and y.dtype == dtype and y.device == x.device
+        assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype and y.device == x.device
         ref = reference.dwconv2d(x.double(), w.double(), None if bias is None else bias.double(), splits, ks)
         assert rel_err(y, ref) < TOL[dtype]
     grad_y = torch.randn_like(x).to(memory_format=torch.channels_last)
     for bias_grad in (True, False):
         grad_x, grad_w, grad_b = bwd(grad_y, x_cl, w_strided, splits, ks, bias_grad)
-        assert grad_x.shape == x.shape and grad_x.is_contiguous() and grad_x.dtype == dtype
+        assert grad_x.shape == x.shape and grad_x.is_contiguous(memory_format=torch.channels_last) and grad_x.dtype == dtype
         assert grad_w.shape == w.shape and grad_w.dtype == dtype
         assert grad_b.shape == ((x.shape[1],) if bias_grad else (0,)) and grad_b.dtype == dtype
     _, (gx_ref, gw_ref, gb_ref) = _reference_grads(x, w, b, grad_y, splits, ks)
