@@ -66,20 +66,21 @@ def test_kernels_match_reference_and_write_every_element(shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_ops_contract(dtype):
-    """Outputs contiguous, input dtype and device; bias optional; grad_bias always returned; strided inputs."""
+    """Outputs dense in x's memory format (channels_last in, channels_last out, as nn.Conv2d; weight/bias grads
+    contiguous), input dtype and device; bias optional; grad_bias always returned; strided inputs."""
     fwd, bwd = _ops()
     x, w, b = _inputs(2, 3, 7, 6, 5, dtype)
     x_cl = x.to(memory_format=torch.channels_last)
     w_t = w.transpose(2, 3).contiguous().transpose(2, 3)  # same values, non-contiguous
     for bias in (b, None):
         y = fwd(x_cl, w_t, bias)
-        assert y.is_contiguous() and y.dtype == dtype and y.device == x.device
+        assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype and y.device == x.device
         ref = reference.idconv(x.double(), w.double(), None if bias is None else bias.double())
         assert rel_err(y, ref) < TOL[dtype]
     grad_y = torch.randn_like(x).to(memory_format=torch.channels_last)
     outs = bwd(grad_y, x_cl, w_t)
-    for out, like in zip(outs, (x, w, b)):
-        assert out.shape == like.shape and out.dtype == dtype and out.is_contiguous()
+    for out, like, layout in zip(outs, (x, w, b), (torch.channels_last, torch.contiguous_format, torch.contiguous_format)):
+        assert out.shape == like.shape and out.dtype == dtype and out.is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("shape,fast_mode", [((2, 3, 5, 6, 3), True), ((1, 1, 4, 3, 3), False)],
