@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import transxnet_ops
-from utils import HAS_CUDA, backend_device_pairs, rel_err
+from utils import HAS_CUDA, backend_device_pairs, check_compiled, rel_err
 
 PAIRS = backend_device_pairs()
 
@@ -21,28 +21,16 @@ def attn_inputs(device, dtype=torch.float32):
             torch.randn(1, 2, 9, 5, device=device, dtype=dtype, requires_grad=True)]
 
 
-def _check_compiled(fn, inputs, compile_backend):
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend=compile_backend)
-    expected = fn(*inputs)
-    expected_grads = torch.autograd.grad(expected.sum(), inputs)
-    got = compiled(*inputs)
-    got_grads = torch.autograd.grad(got.sum(), inputs)
-    assert rel_err(got, expected) < 1e-5
-    for g, e in zip(got_grads, expected_grads):
-        assert rel_err(g, e) < 1e-5
-
-
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_idconv_fullgraph(backend, device):
     fn = lambda x, w, b: torch.nn.functional.gelu(transxnet_ops.idconv(x, w, b, backend=backend))  # noqa: E731
-    _check_compiled(fn, idconv_inputs(device), "aot_eager")
+    check_compiled(fn, idconv_inputs(device), "aot_eager")
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_osra_attention_fullgraph(backend, device):
     fn = lambda q, k, v, b: transxnet_ops.osra_attention(q, k, v, b, backend=backend) * 2  # noqa: E731
-    _check_compiled(fn, attn_inputs(device), "aot_eager")
+    check_compiled(fn, attn_inputs(device), "aot_eager")
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -51,14 +39,14 @@ def test_multiscale_dwconv2d_fullgraph(backend, device):
     ws = [torch.randn(c, 1, k, k, device=device, requires_grad=True) for c, k in [(3, 1), (2, 3), (2, 5)]]
     bs = [torch.randn(c, device=device, requires_grad=True) for c in (3, 2, 2)]
     fn = lambda x, *p: transxnet_ops.multiscale_dwconv2d(x, p[:3], p[3:], backend=backend).tanh()  # noqa: E731
-    _check_compiled(fn, [x, *ws, *bs], "aot_eager")
+    check_compiled(fn, [x, *ws, *bs], "aot_eager")
 
 
 @pytest.mark.skipif("cpu" not in transxnet_ops.available_backends("cpu"), reason="extension not built")
 def test_inductor_with_cpu_kernels():
     """Full inductor codegen around the C++ ops (one case: inductor compiles C++ and is slow on 2 cores)."""
     fn = lambda x, w, b: transxnet_ops.idconv(x, w, b, backend="cpu").relu() + 1  # noqa: E731
-    _check_compiled(fn, idconv_inputs("cpu"), "inductor")
+    check_compiled(fn, idconv_inputs("cpu"), "inductor")
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

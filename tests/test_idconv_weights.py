@@ -11,7 +11,7 @@ import transxnet_ops
 from official_reference import DynamicConv2d, official_like
 from transxnet_ops import IDConv2d
 from transxnet_ops.idconv_weights import idconv_weights, reference_idconv_weights
-from utils import rel_err
+from utils import check_compiled, rel_err
 
 pytestmark = pytest.mark.usefixtures("nan_filled_empty")  # unwritten outputs read as NaN
 
@@ -103,12 +103,7 @@ def test_compile_fullgraph(backend):
     inputs = make_inputs(2, 2, 3, 3, "packed", True, torch.float32)
     ins = [t for t in inputs if t is not None]
     fn = lambda l, w, b: sum(o.sin().sum() for o in idconv_weights(l, None, w, b, backend=backend))  # noqa: E731
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    expected, got = fn(*ins), compiled(*ins)
-    assert rel_err(got, expected) < 1e-6
-    for g, e in zip(torch.autograd.grad(got, ins), torch.autograd.grad(expected, ins)):
-        assert rel_err(g, e) < 1e-6
+    check_compiled(fn, ins, "aot_eager", tol=1e-6)
 
 
 def test_bad_input_is_reported():

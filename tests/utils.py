@@ -22,3 +22,16 @@ def backend_device_pairs():
     if HAS_CUDA:
         pairs += [(b, "cuda") for b in transxnet_ops.available_backends("cuda") if b != "reference"]
     return pairs
+
+
+def check_compiled(fn, inputs, compile_backend, tol=1e-5):
+    """torch.compile(fn, fullgraph=True) (no graph breaks) gives fn's output and the gradients of its sum."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=compile_backend)
+    expected = fn(*inputs)
+    expected_grads = torch.autograd.grad(expected.sum(), inputs)
+    got = compiled(*inputs)
+    got_grads = torch.autograd.grad(got.sum(), inputs)
+    assert rel_err(got, expected) < tol
+    for g, e in zip(got_grads, expected_grads):
+        assert rel_err(g, e) < tol
