@@ -273,6 +273,21 @@ def write_results(name, rows, columns, device, out_dir, plot=None, notes=()):
     print(f"results: {stem}.json / .md" + (" / .png" if plot else ""))
 
 
+def write_op_results(name, rows, device, out_dir, floor_note, ylabel, no_plot=False):
+    """The per-op benchmarks' table (bench_idconv, bench_osra): eager latency, on a GPU also kernel time and launches,
+    the floor of each shape (`floor_note` says what it is) and the speedup over the official path."""
+    gpu = device == "cuda"
+    columns = ["shape", "dtype", "mode", "impl", "median_ms"] + (["kernel_ms", "launches"] if gpu else []) + [
+        "floor_ms", "x_floor", "speedup_vs_official", "peak_mem_mb"]
+    gpu_note = "; `kernel_ms`: GPU kernel time of one call (profiler), `launches`: device launches per call"
+    notes = [f"`median_ms`: eager latency{gpu_note if gpu else ''}; `floor_ms`: {floor_note}; `x_floor` and "
+             f"`speedup_vs_official` use the {'kernel' if gpu else 'eager'} time."]
+    write_results(name, rows, columns, device, out_dir, notes=notes,
+                  plot=None if no_plot else lambda ax, rs: bar_plot(
+                      ax, [dict(r, label=f"{r['shape']} {r['dtype']} {r['mode']}") for r in rs], "label", "impl",
+                      "speedup_vs_official", ylabel))
+
+
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"

@@ -212,16 +212,9 @@ def main():
         for r in case_rows:
             r["speedup_vs_official"] = base / (r.get("kernel_ms") or r["median_ms"]) if base else None
         rows += case_rows
-    gpu = device == "cuda"
-    columns = ["shape", "dtype", "mode", "impl", "median_ms"] + (["kernel_ms", "launches"] if gpu else []) + [
-        "floor_ms", "x_floor", "speedup_vs_official", "peak_mem_mb"]
-    gpu_note = "; `kernel_ms`: GPU kernel time of one call (profiler), `launches`: device launches per call"
-    notes = [f"`median_ms`: eager latency{gpu_note if gpu else ''}; `floor_ms`: larger of bytes / copy bandwidth and "
-             f"FMAs / fp32 rate; `x_floor` and `speedup_vs_official` use the {'kernel' if gpu else 'eager'} time."]
-    T.write_results("bench_idconv", rows, columns, device, args.out, notes=notes,
-                    plot=None if args.no_plot else lambda ax, rs: T.bar_plot(
-                        ax, [dict(r, label=f"{r['shape']} {r['dtype']} {r['mode']}") for r in rs], "label", "impl",
-                        "speedup_vs_official", "speedup vs official path (higher is better)"))
+    T.write_op_results("bench_idconv", rows, device, args.out,
+                       "larger of bytes / copy bandwidth and FMAs / fp32 rate",
+                       "speedup vs official path (higher is better)", no_plot=args.no_plot)
 
 
 if __name__ == "__main__":

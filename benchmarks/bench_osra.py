@@ -153,16 +153,8 @@ def main():
         measure(rows, "official (reference)", f"OSRA {label} B={batch}", dtype, mode, impls_m, make_inputs, device,
                 args, dict(part="module"))
 
-    gpu = device == "cuda"
-    columns = ["shape", "dtype", "mode", "impl", "median_ms"] + (["kernel_ms", "launches"] if gpu else []) + [
-        "floor_ms", "x_floor", "speedup_vs_official", "peak_mem_mb"]
-    gpu_note = "; `kernel_ms`: GPU kernel time of one call (profiler), `launches`: device launches per call"
-    notes = [f"`median_ms`: eager latency{gpu_note if gpu else ''}; `floor_ms`: memory floor (bytes / copy "
-             f"bandwidth); `x_floor` and `speedup_vs_official` use the {'kernel' if gpu else 'eager'} time."]
-    T.write_results("bench_osra", rows, columns, device, args.out, notes=notes,
-                    plot=None if args.no_plot else lambda ax, rs: T.bar_plot(
-                        ax, [dict(r, label=f"{r['shape']} {r['dtype']} {r['mode']}") for r in rs], "label", "impl",
-                        "speedup_vs_official", "speedup vs official (higher is better)"))
+    T.write_op_results("bench_osra", rows, device, args.out, "memory floor (bytes / copy bandwidth)",
+                       "speedup vs official (higher is better)", no_plot=args.no_plot)
 
 
 if __name__ == "__main__":
