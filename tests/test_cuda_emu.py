@@ -8,7 +8,6 @@ allocated NaN-filled inside 4 KB guard zones (an unwritten element or an out-of-
 error the host code leaves unchecked fails the call.
 """
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -19,13 +18,10 @@ import torch
 from transxnet_ops import reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_emu.build import build, find_cuda_include, op_schemas, rewrite_cuda_source  # noqa: E402
+from cuda_emu.build import build, op_schemas, rewrite_cuda_source  # noqa: E402
+from cuda_emu.testing import requires_emulator  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(platform.system() != "Linux", reason="the CUDA emulator needs Linux (mmap'ed fiber stacks)"),
-    pytest.mark.skipif(find_cuda_include() is None,
-                       reason="the CUDA emulator needs the CUDA toolkit headers (cuda_fp16.h, nv/target); set CUDA_HOME"),
-]
+pytestmark = requires_emulator
 
 ops = torch.ops.transxnet_ops_emu
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -3,7 +3,6 @@ forward's online softmax over several key chunks, the backward's key chunks with
 of 128 and odd ones, query chunks of two tiles, and inputs that start at odd element offsets (scalar copy paths).
 Every output and gradient against the float64 reference.
 """
-import platform
 import sys
 from pathlib import Path
 
@@ -13,13 +12,10 @@ import torch
 from transxnet_ops import reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_emu.build import build, find_cuda_include  # noqa: E402
+from cuda_emu.build import build  # noqa: E402
+from cuda_emu.testing import requires_emulator  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(platform.system() != "Linux", reason="the CUDA emulator needs Linux (mmap'ed fiber stacks)"),
-    pytest.mark.skipif(find_cuda_include() is None,
-                       reason="the CUDA emulator needs the CUDA toolkit headers (cuda_fp16.h, nv/target); set CUDA_HOME"),
-]
+pytestmark = requires_emulator
 
 ops = torch.ops.transxnet_ops_emu
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}

@@ -7,7 +7,6 @@ transxnet_ops.idconv_weights.reference_idconv_weights) and against the C++ CPU k
 bfloat16, eval and training, at sizes that are odd, not square, not multiples of sr and larger than one 16 x 16
 tile; bitwise identical results under every thread schedule; bad input rejected by the bindings with a clear error.
 """
-import platform
 import sys
 from pathlib import Path
 
@@ -19,13 +18,10 @@ from transxnet_ops.idconv_weights import reference_idconv_weights
 from transxnet_ops.reduce import reference_osra_reduce
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_emu.build import build, find_cuda_include  # noqa: E402
+from cuda_emu.build import build  # noqa: E402
+from cuda_emu.testing import assert_schedule_independent, requires_emulator  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(platform.system() != "Linux", reason="the CUDA emulator needs Linux (mmap'ed fiber stacks)"),
-    pytest.mark.skipif(find_cuda_include() is None,
-                       reason="the CUDA emulator needs the CUDA toolkit headers (cuda_fp16.h); set CUDA_HOME"),
-]
+pytestmark = requires_emulator
 
 emu = torch.ops.transxnet_ops_emu
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -49,10 +45,6 @@ def rel_err(actual, expected, floor=1e-30):
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), "NaN/inf in the result (an element the kernel never wrote?)"
     return ((actual - expected).norm() / expected.norm().clamp_min(floor)).item()
-
-
-def bits(t):
-    return t.contiguous().view({4: torch.int32, 2: torch.int16}[t.element_size()])
 
 
 # ================================================================================================ osra_reduce
@@ -156,14 +148,7 @@ def test_osra_reduce_bitwise_identical_under_every_schedule(training):
     torch.manual_seed(2)
     x, params = torch.randn(2, 2, 37, 34), reduce_params(2, 2, torch.float32)  # 19 x 17 outputs: 4 tiles
     gy = torch.randn(2, 2, 19, 17)
-    results = []
-    for schedule, seed in [("forward", 0), ("reverse", 0), ("shuffle", 1), ("vary", 2)]:
-        emu.emu_configure(schedule, seed)
-        results.append(reduce_all(emu, x, params, 2, training, gy))
-    emu.emu_configure("vary", 0)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(bits(a), bits(b))
+    assert_schedule_independent(emu, lambda: reduce_all(emu, x, params, 2, training, gy))
 
 
 # ================================================================================================ idconv_weights
@@ -241,14 +226,7 @@ def test_idconv_weights_bitwise_identical_under_every_schedule():
     torch.manual_seed(4)
     inputs = weights_inputs(19, 5, 9, 3, "packed", True, torch.float32, torch.float32)
     gw, gb = torch.randn(19, 9, 3, 3), torch.randn(19, 9)
-    results = []
-    for schedule, seed in [("forward", 0), ("reverse", 0), ("shuffle", 1), ("vary", 2)]:
-        emu.emu_configure(schedule, seed)
-        results.append(weights_all(emu, inputs, gw, gb))
-    emu.emu_configure("vary", 0)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(bits(a), bits(b))
+    assert_schedule_independent(emu, lambda: weights_all(emu, inputs, gw, gb))
 
 
 # ================================================================================================ bad input

@@ -4,7 +4,6 @@ planes split into several block regions (fp32 partials of the per-sample weight 
 chunks of several samples per block, more than 8 segments (several launches), empty segments, no bias. Every
 output and gradient vs the float64 reference; bitwise identical under every thread schedule.
 """
-import platform
 import sys
 from pathlib import Path
 
@@ -14,13 +13,10 @@ import torch
 from transxnet_ops import reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_emu.build import build, find_cuda_include  # noqa: E402
+from cuda_emu.build import build  # noqa: E402
+from cuda_emu.testing import assert_schedule_independent, requires_emulator  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(platform.system() != "Linux", reason="the CUDA emulator needs Linux (mmap'ed fiber stacks)"),
-    pytest.mark.skipif(find_cuda_include() is None,
-                       reason="the CUDA emulator needs the CUDA toolkit headers (cuda_fp16.h); set CUDA_HOME"),
-]
+pytestmark = requires_emulator
 
 ops = torch.ops.transxnet_ops_emu
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -140,11 +136,4 @@ def test_bitwise_identical_under_every_schedule(op):
         B, splits, ks = (70, [2, 1], [3, 7]) if op == "dwconv_batch_chunks" else (3, [2, 1], [9, 13])
         inputs = dwconv_inputs(B, splits, ks, 5, 6, torch.float32)
         run = lambda: dwconv_all(*inputs, splits, ks)  # noqa: E731
-    results = []
-    for schedule, seed in [("forward", 0), ("reverse", 0), ("shuffle", 1), ("vary", 2)]:
-        ops.emu_configure(schedule, seed)
-        results.append(run())
-    ops.emu_configure("vary", 0)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert_schedule_independent(ops, run)

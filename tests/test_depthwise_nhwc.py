@@ -7,7 +7,6 @@ the 4-channel vectors, segments starting mid-vector, channel slices of a channel
 stride != C*H*W), grad_y in the other layout; outputs in x's layout (_fakes.activation_format, the rule of every
 backend); bitwise-identical results under every emulated thread schedule / on reruns.
 """
-import platform
 import sys
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from transxnet_ops import reference
 from transxnet_ops._fakes import activation_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_emu.build import build, find_cuda_include  # noqa: E402
+from cuda_emu.build import build  # noqa: E402
+from cuda_emu.testing import assert_schedule_independent, emulator_unavailable  # noqa: E402
 
 CL = torch.channels_last
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -98,10 +98,8 @@ def case_id(c):
 # ------------------------------------------------------------------------------------------ CUDA (emulated)
 @pytest.fixture(scope="module")
 def emu():
-    if platform.system() != "Linux":
-        pytest.skip("the CUDA emulator needs Linux (mmap'ed fiber stacks)")
-    if find_cuda_include() is None:
-        pytest.skip("the CUDA emulator needs the CUDA toolkit headers (cuda_fp16.h); set CUDA_HOME")
+    if emulator_unavailable():
+        pytest.skip(emulator_unavailable())
     lib = build()
     for family in ("idconv", "dwconv2d"):
         if family not in lib.families:
@@ -167,14 +165,7 @@ def test_cuda_nhwc_bitwise_identical_under_every_schedule(emu, op):
         B, splits, ks = (70, [4, 3], [7, 3]) if op == "dwconv_batch_chunks" else (3, [5, 2], [9, 13])
         args = dwconv_inputs(B, splits, ks, 5, 6, torch.float32)
         run = lambda: emu_dwconv(emu, *args, splits, ks)  # noqa: E731
-    results = []
-    for schedule, seed in [("forward", 0), ("reverse", 0), ("shuffle", 1), ("vary", 2)]:
-        emu.emu_configure(schedule, seed)
-        results.append(run())
-    emu.emu_configure("vary", 0)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert_schedule_independent(emu, run)
 
 
 # ------------------------------------------------------------------------------------ Triton (interpreter)
