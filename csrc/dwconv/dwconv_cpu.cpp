@@ -1,7 +1,8 @@
 // Static (multi-scale) depthwise convolution on CPU, on the depthwise kernel family (depthwise/depthwise_cpu.h):
 // every channel has one kernel, shared by the batch; each channel segment has its own kernel size.
 //
-// Work units: one channel (row layout) or up to `lanes` consecutive channels of one segment (packed layout).
+// Work units: one channel (row layout, or the 3 x 3 strip kernels) or up to `lanes` consecutive channels of one
+// segment (packed layout).
 // Forward tasks are (sample, unit). Backward tasks are (unit, batch chunk): a task sweeps its planes sample by
 // sample, writing grad_x and adding the weight and bias gradients to per-lane accumulators, which it sums into
 // one partial per chunk; the partials are summed over the chunks in order afterwards. The chunk count depends on
@@ -14,30 +15,38 @@
 #include <algorithm>
 #include <vector>
 
+#include "depthwise/depthwise3x3_cpu.h"
 #include "depthwise/depthwise_cpu.h"
 #include "dwconv/dwconv.h"
 
 namespace transxnet_ops {
 namespace {
 
+using depthwise::Grads3x3;
 using depthwise::PackedLayout;
 using depthwise::RowLayout;
 using depthwise::Workspace;
 
+enum class Path { kRows, kPacked, kStrip3x3 };
+
 struct Unit {
   int64_t c0, n, K, tap0;  // channels [c0, c0 + n), kernel size, first tap of channel c0 in the packed weight
-  bool packed;
+  Path path;
 };
 
-std::vector<Unit> units_of(at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes, int64_t W, int64_t lanes) {
+std::vector<Unit> units_of(at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes, int64_t W, int64_t lanes,
+                           int64_t strip3x3_width) {
   std::vector<Unit> units;
-  const bool packed = depthwise::use_packed(W, lanes);
   int64_t c = 0, tap = 0;
   for (size_t s = 0; s < split_sizes.size(); ++s) {
-    const int64_t K = kernel_sizes[s], KK = K * K, step = packed ? lanes : 1;
+    const int64_t K = kernel_sizes[s], KK = K * K;
+    const Path path = K == 3 && W >= strip3x3_width ? Path::kStrip3x3
+                      : depthwise::use_packed(W, lanes)  ? Path::kPacked
+                                                         : Path::kRows;
+    const int64_t step = path == Path::kPacked ? lanes : 1;
     for (int64_t c0 = 0; c0 < split_sizes[s]; c0 += step) {
       const int64_t n = std::min(step, split_sizes[s] - c0);
-      units.push_back({c + c0, n, K, tap + c0 * KK, packed});
+      units.push_back({c + c0, n, K, tap + c0 * KK, path});
     }
     c += split_sizes[s];
     tap += split_sizes[s] * KK;
@@ -66,7 +75,9 @@ void forward(const T* x, const T* w, const T* bias, T* y, int64_t B, int64_t C, 
           const bool new_unit = task == begin || task % B == 0;
           const int64_t at = ((task % B) * C + u.c0) * HW;
           const T* b = bias ? bias + u.c0 : nullptr;
-          if (u.packed) {
+          if (u.path == Path::kStrip3x3) {
+            depthwise::forward3x3(x + at, w + u.tap0, b ? *b : T(0), y + at, H, W);
+          } else if (u.path == Path::kPacked) {
             const PackedLayout g(H, W, u.K, lanes);
             if (new_unit) depthwise::packed_weights(w + u.tap0, u.n, false, g, ws);
             depthwise::forward_packed(x + at, u.n, b, y + at, g, ws);
@@ -97,12 +108,20 @@ void backward(const T* gy, const T* x, const T* w, T* gx, T* partial, int64_t B,
       U * chunks, [&](int64_t t) { return unit_cost(units[t / chunks], HW) * per_chunk; },
       [&](int64_t begin, int64_t end) {
         Workspace<T> ws;
+        Grads3x3<T> strip;
         for (int64_t task = begin; task < end; ++task) {
           const Unit& u = units[task / chunks];
           const int64_t k = task % chunks, b0 = k * per_chunk, b1 = std::min(B, b0 + per_chunk), KK = u.K * u.K;
           T* gw = partial + k * (taps + C) + u.tap0;
           T* gb = partial + k * (taps + C) + taps + u.c0;
-          if (u.packed) {
+          if (u.path == Path::kStrip3x3) {
+            strip.zero();
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t at = (b * C + u.c0) * HW;
+              depthwise::backward3x3(gy + at, x + at, w + u.tap0, gx + at, H, W, strip);
+            }
+            depthwise::grads3x3(strip, gw, gb);
+          } else if (u.path == Path::kPacked) {
             const PackedLayout g(H, W, u.K, lanes);
             depthwise::packed_weights(w + u.tap0, u.n, true, g, ws);
             ws.zero_grads(u.K, g.KAp, lanes);
@@ -138,7 +157,8 @@ at::Tensor dwconv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, c
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_forward_cpu", [&] {
-    const auto units = units_of(split_sizes, kernel_sizes, x.size(3), depthwise::lanes_for<scalar_t>());
+    const auto units = units_of(split_sizes, kernel_sizes, x.size(3), depthwise::lanes_for<scalar_t>(),
+                                  depthwise::strip3x3_min_width<scalar_t>());
     forward(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
             bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
             x.size(0), x.size(1), x.size(2), x.size(3), units);
@@ -163,7 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv2d_backward_cpu(const at::T
     total = at::zeros({taps + C}, x.options());
   } else {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_cpu", [&] {
-      const auto units = units_of(split_sizes, kernel_sizes, W, depthwise::lanes_for<scalar_t>());
+      const auto units = units_of(split_sizes, kernel_sizes, W, depthwise::lanes_for<scalar_t>(),
+                                    depthwise::strip3x3_min_width<scalar_t>());
       const int64_t chunks = batch_chunks(B, static_cast<int64_t>(units.size()));
       auto partial = at::empty({chunks, taps + C}, x.options());
       scalar_t* pp = partial.mutable_data_ptr<scalar_t>();

@@ -1,9 +1,10 @@
 // IDConv on CPU: per-sample depthwise KxK convolution, stride 1, zero padding K/2, on the depthwise kernel family
 // (depthwise/depthwise_cpu.h): every (b, c) plane has its own kernel.
 //
-// Planes of 14 columns or more use the row layout: forward tasks are (plane, band of rows), so a few large planes
-// still keep every thread busy; backward tasks are whole planes. Narrower planes use the packed layout, one task
-// per `lanes` consecutive planes. A task computes grad_x and its planes' weight and bias gradients together, each
+// 3 x 3 kernels on planes at least half a vector wide run on the strip kernels (depthwise3x3_cpu.h), one task per
+// plane. Otherwise planes at least a vector wide use the row layout: forward tasks are (plane, band of rows), so a
+// few large planes still keep every thread busy; backward tasks are whole planes. Narrower planes use the packed
+// layout, one task per `lanes` consecutive planes. A task computes grad_x and its planes' weight and bias gradients together, each
 // summed in a fixed order (deterministic, no atomics, independent of the thread count). float16 / bfloat16 run in
 // float32.
 #include <ATen/ATen.h>
@@ -13,12 +14,14 @@
 #include <algorithm>
 #include <vector>
 
+#include "depthwise/depthwise3x3_cpu.h"
 #include "depthwise/depthwise_cpu.h"
 #include "idconv/idconv.h"
 
 namespace transxnet_ops {
 namespace {
 
+using depthwise::Grads3x3;
 using depthwise::PackedLayout;
 using depthwise::RowLayout;
 using depthwise::Workspace;
@@ -30,6 +33,13 @@ bool is_reduced_float(const at::Tensor& t) {
 template <typename T>
 void forward(const T* x, const T* w, const T* bias, T* y, int64_t planes, int64_t H, int64_t W, int64_t K) {
   const int64_t HW = H * W, KK = K * K, lanes = depthwise::lanes_for<T>();
+  if (K == 3 && W >= depthwise::strip3x3_min_width<T>()) {
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n)
+        depthwise::forward3x3(x + n * HW, w + n * KK, bias ? bias[n] : T(0), y + n * HW, H, W);
+    });
+    return;
+  }
   if (depthwise::use_packed(W, lanes)) {
     const PackedLayout g(H, W, K, lanes);
     at::parallel_for(0, (planes + lanes - 1) / lanes, 1, [&](int64_t begin, int64_t end) {
@@ -58,6 +68,17 @@ template <typename T>
 void backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, int64_t planes, int64_t H, int64_t W,
               int64_t K) {
   const int64_t HW = H * W, KK = K * K, lanes = depthwise::lanes_for<T>();
+  if (K == 3 && W >= depthwise::strip3x3_min_width<T>()) {
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      Grads3x3<T> strip;
+      for (int64_t n = begin; n < end; ++n) {
+        strip.zero();
+        depthwise::backward3x3(gy + n * HW, x + n * HW, w + n * KK, gx + n * HW, H, W, strip);
+        depthwise::grads3x3(strip, gw + n * KK, gb + n);
+      }
+    });
+    return;
+  }
   if (depthwise::use_packed(W, lanes)) {
     const PackedLayout g(H, W, K, lanes);
     at::parallel_for(0, (planes + lanes - 1) / lanes, 1, [&](int64_t begin, int64_t end) {
