@@ -1,4 +1,4 @@
-"""Depthwise convolution benchmark: IDConv (per-sample weights) and static depthwise (DPE, MS-FFN), the fused
+"""Depthwise convolution benchmark: IDConv (per-sample weights) and static depthwise (DPE, STE, MS-FFN), the fused
 backends against the official paths, at TransXNet shapes, with the physical floor of each shape.
 
     python benchmarks/bench_idconv.py --quick            # CPU (batch 8) or GPU (batch 128, TransXNet-T)
@@ -53,6 +53,7 @@ def cases(args):
             if args.quick and i not in (0, 2):
                 continue
             out.append(("dwconv", f"{m}{i + 1} DPE 7x7", dict(B=batch, S=side, splits=[dim], ks=[7])))
+            out.append(("dwconv", f"{m}{i + 1} STE 3x3", dict(B=batch, S=side, splits=[dim], ks=[3])))
             out.append(("dwconv", f"{m}{i + 1} MS-FFN 1/3/5/7", dict(B=batch, S=side, **_ms(mlp * dim))))
     return out
 

@@ -11,8 +11,9 @@ from transxnet_ops.nn import ConvBN
 
 from utils import rel_err
 
-# (Ci, Co, H): the first four take the matmul path on CPU, the last two oneDNN's conv
-SHAPES = [(24, 6, 8), (48, 16, 12), (16, 48, 20), (224, 56, 7), (112, 112, 20), (48, 192, 20)]
+# (Ci, Co, H), batch 2: the first five take the matmul path on CPU (the fifth as a small GEMM), the last two
+# oneDNN's conv
+SHAPES = [(24, 6, 8), (48, 16, 12), (16, 48, 20), (224, 56, 7), (112, 112, 14), (112, 112, 40), (48, 192, 40)]
 
 
 def _bn(c, dtype):
@@ -26,8 +27,10 @@ def _bn(c, dtype):
 @pytest.mark.parametrize("ci,co,h", SHAPES)
 def test_matmul_choice_follows_the_shape_rule(ci, co, h):
     x = torch.empty(2, ci, h, h)
-    expected = min(ci, co) < 64 and (max(ci, co) <= 128 or h * h <= 256)
+    small_gemm = 2 * h * h * ci * co <= pointwise.SMALL_GEMM_MACS
+    expected = small_gemm or (min(ci, co) < 64 and (max(ci, co) <= 128 or h * h <= 256))
     assert pointwise.matmul_pays(x, ci, co) == expected
+    assert expected == (SHAPES.index((ci, co, h)) < 5)
     assert not pointwise.matmul_pays(x.to("meta"), ci, co)  # not CPU: the conv (cuDNN on GPUs)
 
 
@@ -117,7 +120,7 @@ _ONEDNN = pointwise._ONEDNN_CONV_POINTWISE is not None and torch.backends.mkldnn
 def test_conv1x1_gelu_fused_in_inference_is_the_exact_gelu(bias):
     """CPU fp32 inference: one oneDNN conv with an erf-GELU post-op, equal to F.gelu(conv) (not the tanh form)."""
     torch.manual_seed(0)
-    x = torch.randn(2, 48, 20, 20)
+    x = torch.randn(2, 48, 40, 40)  # large enough to stay on oneDNN (not a small GEMM)
     w, b = torch.randn(192, 48, 1, 1) * 0.2, (torch.randn(192) if bias else None)
     ref = F.gelu(F.conv2d(x.double(), w.double(), None if b is None else b.double()))
     with torch.no_grad():
@@ -150,7 +153,7 @@ def test_conv1x1_gelu_keeps_autograd_and_narrow_convs_unfused():
 def test_run_fuses_conv_gelu_pairs_like_the_sequential():
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Conv2d(48, 192, 1, bias=False), nn.GELU(), _bn(192, torch.float32)).eval()
-    x = torch.randn(2, 48, 20, 20)
+    x = torch.randn(2, 48, 40, 40)
     with torch.no_grad():
         assert rel_err(pointwise.run(seq, x), seq(x)) < 1e-6
 

@@ -22,15 +22,25 @@ _cache_folding = False
 
 
 # ------------------------------------------------------------------------------------------------ 1x1 conv
+# oneDNN's 1x1 conv costs ~0.25 ms per call on CPU beyond its arithmetic (eager weight and layout reorders), so a
+# GEMM this small runs faster as a batched matmul whatever its channel counts (TransXNet-T's OSRA and STE 1x1
+# convs; 2 threads: 112->112 @7^2 batch 4 0.27 -> 0.09 ms inference, 0.81 -> 0.34 ms fwd+bwd; parity near 20M).
+SMALL_GEMM_MACS = 12_000_000
+
+
 def matmul_pays(x, in_channels, out_channels):
-    """Whether a 1x1 conv on x runs faster as a batched matmul: CPU, NCHW-contiguous, one narrow side (< 64
-    channels) and either no wide side (<= 128) or a small map (<= 256 positions; measured on TransXNet-T
-    shapes, 2 threads: e.g. 48->16 @56^2 fwd+bwd 11.9 -> 1.0 ms, while 192->48 @56^2 is faster on oneDNN)."""
+    """Whether a 1x1 conv on x runs faster as a batched matmul: CPU, NCHW-contiguous, and either a small GEMM
+    (<= SMALL_GEMM_MACS multiply-adds) or one narrow side (< 64 channels) with no wide side (<= 128) or a small
+    map (<= 256 positions; measured on TransXNet-T shapes, 2 threads: e.g. 48->16 @56^2 fwd+bwd 11.9 -> 1.0 ms,
+    while 192->48 @56^2 is faster on oneDNN)."""
     if x.device.type != "cpu" or x.dim() != 4:
         return False
-    small_map = x.shape[2] * x.shape[3] <= 256
+    B, _, H, W = x.shape
+    small_map = H * W <= 256
     if not (_batched_nchw(x) or small_map):  # a large channels_last map: not worth the copy
         return False
+    if B * H * W * in_channels * out_channels <= SMALL_GEMM_MACS:
+        return True
     return min(in_channels, out_channels) < 64 and (max(in_channels, out_channels) <= 128 or small_map)
 
 
