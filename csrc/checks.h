@@ -80,4 +80,18 @@ inline void check_dwconv_inputs(const at::Tensor& x, const at::Tensor& weight, c
   }
 }
 
+// dwconv2d_inference's per-channel input map: both or neither, each (C,) in x's dtype and device.
+inline void check_dwconv_input_map(const at::Tensor& x, const std::optional<at::Tensor>& in_scale,
+                                   const std::optional<at::Tensor>& in_shift) {
+  TORCH_CHECK(in_scale.has_value() == in_shift.has_value(),
+              "dwconv2d_inference: in_scale and in_shift must be given together");
+  for (const auto* t : {&in_scale, &in_shift}) {
+    if (!t->has_value()) continue;
+    TORCH_CHECK((*t)->dim() == 1 && (*t)->size(0) == x.size(1), "dwconv2d_inference: in_scale and in_shift must be (C,) = (",
+                x.size(1), "), got ", (*t)->sizes());
+    TORCH_CHECK((*t)->scalar_type() == x.scalar_type() && (*t)->device() == x.device(),
+                "dwconv2d_inference: in_scale and in_shift must match x's dtype and device");
+  }
+}
+
 }  // namespace transxnet_ops

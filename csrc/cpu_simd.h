@@ -19,6 +19,9 @@
 
 // Inlined into each ISA variant, so compiled for that variant's instruction set.
 #define TXN_INLINE inline __attribute__((always_inline))
+// The same for a lambda inside a kernel (after its parameter list): a lambda left out of line would be compiled
+// for the baseline ISA, 4x slower or worse.
+#define TXN_INLINE_LAMBDA __attribute__((always_inline))
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define TXN_X86 1

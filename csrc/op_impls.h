@@ -107,6 +107,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_backward_impl(Bwd bwd, con
   return {in_layout_of(grad_x, x), grad_w, grad_b};
 }
 
+// CPU only (an inference epilogue; other devices compose it in transxnet_ops.ops).
+inline at::Tensor dwconv_inference_impl(const at::Tensor& x, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& in_scale,
+                                        const std::optional<at::Tensor>& in_shift, at::IntArrayRef split_sizes,
+                                        at::IntArrayRef kernel_sizes, bool gelu) {
+  check_dwconv_inputs(x, weight, bias, split_sizes, kernel_sizes);
+  check_dwconv_input_map(x, in_scale, in_shift);
+  return in_layout_of(dwconv2d_inference_cpu(x.contiguous(), weight.contiguous(), contiguous_opt(bias),
+                                             contiguous_opt(in_scale), contiguous_opt(in_shift), split_sizes,
+                                             kernel_sizes, gelu),
+                      x);
+}
+
 #define TRANSXNET_REGISTER_DWCONV(m, dev)                                                                        \
   m.impl("dwconv2d", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,            \
                         at::IntArrayRef splits, at::IntArrayRef ks) {                                            \

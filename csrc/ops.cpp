@@ -28,6 +28,9 @@ TORCH_LIBRARY(transxnet_ops, m) {
   m.def(
       "dwconv2d_backward(Tensor grad_y, Tensor x, Tensor weight, int[] split_sizes, int[] kernel_sizes, "
       "bool bias_requires_grad) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "dwconv2d_inference(Tensor x, Tensor weight, Tensor? bias, Tensor? in_scale, Tensor? in_shift, "
+      "int[] split_sizes, int[] kernel_sizes, bool gelu) -> Tensor");
   m.def("osra_attention(Tensor q, Tensor k, Tensor v, Tensor? bias, float scale) -> (Tensor, Tensor)");
   m.def(
       "osra_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, "
@@ -52,6 +55,7 @@ TORCH_LIBRARY(transxnet_ops, m) {
 TORCH_LIBRARY_IMPL(transxnet_ops, CPU, m) {
   TRANSXNET_REGISTER_IMPLS(m, cpu)
   TRANSXNET_REGISTER_DWCONV(m, cpu)
+  m.impl("dwconv2d_inference", dwconv_inference_impl);
   TRANSXNET_REGISTER_REDUCE(m, cpu)
 }
 

@@ -102,6 +102,26 @@ def check_dwconv2d(x, weights, biases, op="dwconv2d"):
     _fail(op, problems)
 
 
+def check_input_map(x, in_scale, in_shift, op):
+    """The per-channel input map of the inference depthwise ops: both or neither, each (C,) like x."""
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError(f"{op}: invalid input:\n  - in_scale and in_shift must be given together")
+    if in_scale is None:
+        return
+    _check_tensor_types(op, [("x", x), ("in_scale", in_scale), ("in_shift", in_shift)])
+    _fail(op, [f"{n} must be (C,) = ({x.shape[1]},), got {_describe(t)}"
+               for n, t in (("in_scale", in_scale), ("in_shift", in_shift)) if t.dim() != 1 or t.shape[0] != x.shape[1]])
+
+
+def check_inference_only(op, tensors):
+    """The inference ops have no autograd: refuse inputs that would need gradients (rather than silently
+    detaching them)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(f"{op} is inference only (no autograd), but an input requires grad: run it under "
+                           "torch.no_grad() / torch.inference_mode(), or use the differentiable op without the "
+                           "fused input map and GELU")
+
+
 def check_gpu_kernel_sizes(kernel_sizes, backend, op="dwconv2d"):
     if backend in ("cuda", "triton") and max(kernel_sizes) > MAX_GPU_KERNEL_SIZE:
         _fail(op, [f"the {backend} backend supports kernel sizes <= {MAX_GPU_KERNEL_SIZE}, got {list(kernel_sizes)}; "

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops, pointwise, reduce
+from . import backends, ops, pointwise, reduce
 from .idconv_weights import idconv_weights
 from .pooling import pool_with_mean
 
@@ -216,7 +216,12 @@ class DMixer(nn.Module):
         if all(pointwise.folds(p[i]) for i in (2, 5, 7)) and pointwise.is_conv1x1(p[3]) and pointwise.is_conv1x1(p[6]):
             # eval: the three BatchNorms are affine maps folded into the two 1x1 convs (and the layer scale)
             w1, b1 = pointwise.memo(self, "fc1", (p[2], p[3]), lambda: pointwise.fold_1x1(p[3], before=p[2]))
-            u = p[4](pointwise.conv1x1(p[1](p[0](y)), w1, b1))
+            if type(p[0]) is DWConv2d and pointwise.is_exact_gelu(p[1]) and _fused_cpu_inference(y, p[0], p[0].backend):
+                t = ops.multiscale_dwconv2d_inference(  # CPU inference: the GELU inside the depthwise kernel
+                    y, [p[0].weight], None if p[0].bias is None else [p[0].bias], gelu=True, backend=p[0].backend)
+            else:
+                t = p[1](p[0](y))
+            u = p[4](pointwise.conv1x1(t, w1, b1))
             if layer_scale is None:
                 w2, b2 = pointwise.memo(self, "fc2", (p[5], p[6], p[7]),
                                         lambda: pointwise.fold_1x1(p[6], before=p[5], after=p[7]))
@@ -246,13 +251,19 @@ class MultiScaleDWConv(nn.Module):
         for i, conv in enumerate(self.proj):
             self.register_buffer(f"residual_tap_{i}", _centre_tap(conv.weight), persistent=False)
 
-    def forward(self, x, add_input=False):
-        """The multi-scale depthwise conv of x; plus x itself with add_input=True (folded into the weights)."""
+    def forward(self, x, add_input=False, in_affine=None, gelu=False):
+        """The multi-scale depthwise conv of x; plus x itself with add_input=True (folded into the weights).
+        Inference only: in_affine = (scale, shift) maps x per channel first (an eval BatchNorm; add_input then
+        adds the mapped x), gelu applies the exact GELU to the output (multiscale_dwconv2d_inference)."""
         weights = [conv.weight for conv in self.proj]
+        biases = [conv.bias for conv in self.proj]
         if add_input:
             weights = pointwise.memo(self, "weights_plus_taps", self.proj, lambda: [
                 w + getattr(self, f"residual_tap_{i}").to(w.dtype) for i, w in enumerate(weights)])
-        return ops.multiscale_dwconv2d(x, weights, [conv.bias for conv in self.proj], backend=self.backend)
+        if in_affine is None and not gelu:
+            return ops.multiscale_dwconv2d(x, weights, biases, backend=self.backend)
+        scale, shift = (None, None) if in_affine is None else in_affine
+        return ops.multiscale_dwconv2d_inference(x, weights, biases, scale, shift, gelu, backend=self.backend)
 
 
 class MSFFN(nn.Module):
@@ -272,8 +283,15 @@ class MSFFN(nn.Module):
     def forward(self, x, residual=None, layer_scale=None):
         """fc2(norm(act(dwconv(h) + h))) with h = fc1(x); with `residual` and `layer_scale` (a LayerScale):
         residual + layer_scale(that), one fused GEMM epilogue in eval mode."""
-        x = pointwise.run(self.fc1, x)
-        x = self.act(self.dwconv(x, add_input=True))  # dwconv(x) + x
+        if (pointwise.folds(self.fc1[2]) and pointwise.is_exact_gelu(self.act)
+                and _fused_cpu_inference(x, self, self.dwconv.backend)):
+            # CPU inference: fc1's BatchNorm and the GELU run inside the depthwise kernels (one pass, not three)
+            x = pointwise.run(list(self.fc1)[:2], x)
+            affine = pointwise.memo(self, "fc1_bn", (self.fc1[2],), lambda: pointwise.bn_affine(self.fc1[2]))
+            x = self.dwconv(x, add_input=True, in_affine=affine, gelu=True)  # gelu(dwconv(bn(x)) + bn(x))
+        else:
+            x = pointwise.run(self.fc1, x)
+            x = self.act(self.dwconv(x, add_input=True))  # dwconv(x) + x
         no_dropout = self.drop.p == 0 or not self.drop.training
         if no_dropout and pointwise.folds(self.norm) and pointwise.folds(self.fc2[1]) and pointwise.is_conv1x1(self.fc2[0]):
             # eval: norm and fc2's BatchNorm folded into fc2 (and the layer scale into its output rows)
@@ -358,6 +376,15 @@ class Block(nn.Module):
         if self.grad_checkpoint and x.requires_grad:
             return torch.utils.checkpoint.checkpoint(self._forward, x, relative_pos_enc, use_reentrant=False)
         return self._forward(x, relative_pos_enc)
+
+
+def _fused_cpu_inference(x, module, backend):
+    """Whether `module`, run on x, may use an inference-only fused op (multiscale_dwconv2d_inference: input
+    BatchNorm and output GELU inside the C++ depthwise kernels): eager CPU inference on the C++ backend.
+    Autograd needs the differentiable ops; torch.compile fuses those maps by itself."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+    return (not needs_grad and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and backends.resolve(backend, "cpu") == "cpu")
 
 
 def _centre_tap(weight):

@@ -11,6 +11,8 @@ Every compiled backend exposes one forward and one backward custom op with the s
       -> (grad_q, grad_k, grad_v, grad_bias)
 where sfx is "" for the C++/CUDA kernels (csrc/ops.cpp) and "_triton" for the Triton ones (triton/).
 Autograd is registered here, once, for all of them; the backward of each is its backward op.
+Plus one inference-only op, C++ CPU only (other devices compose it from the ops above):
+  dwconv2d_inference(x, weight, bias?, in_scale?, in_shift?, split_sizes, kernel_sizes, gelu) -> y
 """
 import torch
 
@@ -81,6 +83,7 @@ def _register_attention_autograd(suffix):
 def _register_native_fakes():
     for name, fake in [("idconv", _fakes.idconv_fake), ("idconv_backward", _fakes.idconv_backward_fake),
                        ("dwconv2d", _fakes.dwconv2d_fake), ("dwconv2d_backward", _fakes.dwconv2d_backward_fake),
+                       ("dwconv2d_inference", _fakes.dwconv2d_inference_fake),
                        ("osra_attention", _fakes.osra_attention_fake),
                        ("osra_attention_backward", _fakes.osra_attention_backward_fake)]:
         torch.library.register_fake(f"{_NS}::{name}", fake)
@@ -210,6 +213,36 @@ def multiscale_dwconv2d(x, weights, biases=None, backend=None, _op_name="multisc
     if name == "reference":
         return reference.dwconv2d(x, weight, bias, split_sizes, kernel_sizes)
     return _op("dwconv2d" + _SUFFIX[name])(x, weight, bias, split_sizes, kernel_sizes)
+
+
+def multiscale_dwconv2d_inference(x, weights, biases=None, in_scale=None, in_shift=None, gelu=False, backend=None):
+    """Inference only: gelu(multiscale_dwconv2d(x * in_scale + in_shift)) in one pass over x.
+
+    in_scale, in_shift: (C,) or both None - a per-channel affine map of the input (an eval-mode BatchNorm before
+    the conv), applied before the zero padding, as the unfused modules compute it; gelu: the exact (erf) GELU on
+    the output, or none. On the C++ CPU backend the kernels apply the map as they read x and the GELU as they write
+    y (TransXNet's MS-FFN: BatchNorm -> multi-scale conv -> GELU; STE: 3x3 conv -> GELU); on the other backends
+    the same math runs as separate ops. No autograd: inputs that require grad (with grad mode on) raise.
+    """
+    op = "multiscale_dwconv2d_inference"
+    weights = list(weights)
+    biases = None if biases is None else list(biases)
+    _checks.check_dwconv2d(x, weights, biases, op=op)
+    _checks.check_input_map(x, in_scale, in_shift, op=op)
+    _checks.check_inference_only(op, [x, in_scale, in_shift, *weights, *(biases or [])])
+    x, in_scale, in_shift, *rest = _autocast(x, in_scale, in_shift, *weights, *(biases or []))
+    weights, biases = rest[:len(weights)], (rest[len(weights):] or None)
+    name = backends.resolve(backend, x.device.type)
+    if name != "cpu":
+        if in_scale is not None:
+            x = torch.addcmul(in_shift.view(1, -1, 1, 1), x, in_scale.view(1, -1, 1, 1))
+        y = multiscale_dwconv2d(x, weights, biases, backend=name, _op_name=op)
+        return torch.nn.functional.gelu(y) if gelu else y
+    weight = weights[0].reshape(-1) if len(weights) == 1 else torch.cat([w.reshape(-1) for w in weights])
+    bias = None if biases is None else biases[0] if len(biases) == 1 else torch.cat(biases)
+    split_sizes = [int(w.shape[0]) for w in weights]
+    kernel_sizes = [int(w.shape[-1]) for w in weights]
+    return _op("dwconv2d_inference")(x, weight, bias, in_scale, in_shift, split_sizes, kernel_sizes, gelu)
 
 
 def _bias_4d(bias, q, k):

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "depthwise/depthwise_cpu.h"
+
 namespace transxnet_ops::depthwise {
 
 // Planes at least this many columns wide take the strip kernels: half a vector of T at the running ISA level (a
@@ -27,9 +29,10 @@ struct Grads3x3 {
   void zero();
 };
 
-// y = bias + x correlated with the 3 x 3 kernel k (row-major); x, y: H x W planes, W >= strip3x3_min_width<T>().
+// y = bias + x correlated with the 3 x 3 kernel k (row-major), with maps; x, y: H x W planes,
+// W >= strip3x3_min_width<T>().
 template <typename T>
-void forward3x3(const T* x, const T* k, T bias, T* y, int64_t H, int64_t W);
+void forward3x3(const T* x, const T* k, T bias, T* y, int64_t H, int64_t W, const ForwardMaps<T>& maps = {});
 
 // gx = gy correlated with k rotated by 180 degrees; adds this plane's weight and bias gradients to g.
 template <typename T>

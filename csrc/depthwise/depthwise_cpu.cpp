@@ -7,6 +7,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu_gelu.h"
 #include "cpu_simd.h"
 
 // The window fills write a few vectors of zeros per row; GCC would turn those loops into memset calls, which
@@ -23,12 +24,14 @@ using simd::Vec;
 // A window read as `count` lines of `positions` outputs (whole tiles), each output a vector. Tap (a, b) of output
 // p of line n reads in[n * line_in + (p + a) * step_a + b * step_b]; the output goes to
 // out[n * line_out + p * out_step] if p < stored. The kernel is K x K, its taps along the line padded with zeros
-// to KAp (whole chunks of KA); its weights are vectors w[(b * KAp + a) * lanes + l] (lane l's kernel).
+// to KAp (whole chunks of KA); its weights are vectors w[(b * KAp + a) * lanes + l] (lane l's kernel). gelu: the
+// outputs go through the GELU (inference epilogue).
 struct Lines {
   int64_t count, positions;
   int64_t line_in, step_a, step_b;
   int64_t line_out, out_step, stored;
   int64_t K, KA, KAp;
+  bool gelu = false;
 };
 
 // ------------------------------------------------------------------------------------------- vector helpers
@@ -111,8 +114,8 @@ TXN_INLINE void correlate_tile(V (&acc)[NL][R], const T* __restrict in, const T*
   }
 }
 
-// Outputs [p0, p0 + R) of lines n .. n + NL - 1 = bias + their correlation.
-template <typename V, int KA, int NL, int R, typename T>
+// Outputs [p0, p0 + R) of lines n .. n + NL - 1 = bias + their correlation (through the GELU if Gelu).
+template <typename V, int KA, int NL, int R, bool Gelu, typename T>
 TXN_INLINE void correlate_tile_at(const T* in, const T* w, const V& bias, T* out, int64_t n, int64_t p0,
                                   const Lines& L) {
   V acc[NL][R];
@@ -127,28 +130,38 @@ TXN_INLINE void correlate_tile_at(const T* in, const T* w, const V& bias, T* out
     T* dst = out + (n + l) * L.line_out + p0 * L.out_step;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-      if (r < rows) storeu(dst + r * L.out_step, acc[l][r]);
+      if (r < rows) storeu(dst + r * L.out_step, Gelu ? simd::gelu(acc[l][r]) : acc[l][r]);
   }
 }
 
 // Register tiles: with AVX-512, 14 outputs of a line, or 7 on each of two lines when lines are 7 long (two
 // independent sets of 7 FMA chains either way); else 7 outputs of a line.
-template <typename V, int KA, typename T>
+template <typename V, int KA, bool Gelu, typename T>
 TXN_INLINE void correlate_lines_ka(const T* in, const T* w, const V& bias, T* out, const Lines& L) {
   constexpr bool wide = sizeof(V) == 64;
   if (wide && L.positions == kTile) {
     int64_t n = 0;
-    for (; n + 2 <= L.count; n += 2) correlate_tile_at<V, KA, 2, kTile>(in, w, bias, out, n, 0, L);
-    if (n < L.count) correlate_tile_at<V, KA, 1, kTile>(in, w, bias, out, n, 0, L);
+    for (; n + 2 <= L.count; n += 2) correlate_tile_at<V, KA, 2, kTile, Gelu>(in, w, bias, out, n, 0, L);
+    if (n < L.count) correlate_tile_at<V, KA, 1, kTile, Gelu>(in, w, bias, out, n, 0, L);
     return;
   }
   for (int64_t n = 0; n < L.count; ++n) {
     int64_t p0 = 0;
     if constexpr (wide) {
       for (; p0 + 2 * kTile <= L.positions; p0 += 2 * kTile)
-        correlate_tile_at<V, KA, 1, 2 * kTile>(in, w, bias, out, n, p0, L);
+        correlate_tile_at<V, KA, 1, 2 * kTile, Gelu>(in, w, bias, out, n, p0, L);
     }
-    for (; p0 < L.positions; p0 += kTile) correlate_tile_at<V, KA, 1, kTile>(in, w, bias, out, n, p0, L);
+    for (; p0 < L.positions; p0 += kTile) correlate_tile_at<V, KA, 1, kTile, Gelu>(in, w, bias, out, n, p0, L);
+  }
+}
+
+template <typename V, bool Gelu, typename T>
+TXN_INLINE void correlate_lines_gelu(const T* in, const T* w, const V& b, T* out, const Lines& L) {
+  switch (L.KA) {
+    case 1: return correlate_lines_ka<V, 1, Gelu>(in, w, b, out, L);
+    case 3: return correlate_lines_ka<V, 3, Gelu>(in, w, b, out, L);
+    case 5: return correlate_lines_ka<V, 5, Gelu>(in, w, b, out, L);
+    default: return correlate_lines_ka<V, 7, Gelu>(in, w, b, out, L);
   }
 }
 
@@ -157,12 +170,8 @@ template <typename T, int VB>
 TXN_INLINE void correlate_lines_impl(const T* in, const T* w, const T* bias, T* out, const Lines& L) {
   using V = Vec<T, VB>;
   const V b = loadu<V>(bias);
-  switch (L.KA) {
-    case 1: return correlate_lines_ka<V, 1>(in, w, b, out, L);
-    case 3: return correlate_lines_ka<V, 3>(in, w, b, out, L);
-    case 5: return correlate_lines_ka<V, 5>(in, w, b, out, L);
-    default: return correlate_lines_ka<V, 7>(in, w, b, out, L);
-  }
+  if (L.gelu) return correlate_lines_gelu<V, true>(in, w, b, out, L);
+  correlate_lines_gelu<V, false>(in, w, b, out, L);
 }
 
 // gw[(b * KAp + a) * lanes + l] += sum over outputs (n, p) of gy(n, p) * in(n, p + a, b), lane by lane, for NB
@@ -231,13 +240,15 @@ TXN_INLINE void weight_grad_lines_impl(const T* gy_win, const T* in, T* gw, T* g
 // ------------------------------------------------------------------------------------------- row layout
 
 // Plane rows [h0, h1) and their halo into a row-layout window (win: window_rows(h1 - h0) * stride elements plus
-// 2 * lanes of slack). Whole-vector moves only: a row's zero padding may spill into the next window row, which is
-// written after it, and a plane row narrower than a vector is read with the start of the next plane row, which
-// the right padding then overwrites (except for the plane's last row, which is read exactly).
-template <typename T, int VB>
-TXN_INLINE void fill_row_window_impl(const T* plane, int64_t h0, int64_t h1, const RowLayout& g, T* win) {
-  using V = Vec<T, VB>;
+// 2 * lanes of slack), each pixel p as p * scale + shift if Affine. Whole-vector moves only: a row's zero padding
+// may spill into the next window row, which is written after it, and a plane row narrower than a vector is read
+// with the start of the next plane row, which the right padding then overwrites (except for the plane's last row,
+// which is read exactly).
+template <typename V, bool Affine, typename T>
+TXN_INLINE void fill_rows(const T* plane, int64_t h0, int64_t h1, const RowLayout& g, T* win, T scale, T shift) {
   constexpr int64_t lanes = simd::lanes_of<V>();
+  const V a = splat<V>(scale), b = splat<V>(shift);
+  auto map = [&](const V& v) TXN_INLINE_LAMBDA { return Affine ? v * a + b : v; };
   const int64_t last = std::min(g.H, h1 + g.pad);  // plane rows past the band's halo stay zero
   for (int64_t r = 0; r < g.window_rows(h1 - h0); ++r) {
     T* dst = win + r * g.stride;
@@ -250,15 +261,24 @@ TXN_INLINE void fill_row_window_impl(const T* plane, int64_t h0, int64_t h1, con
     for (int64_t c = 0; c < g.W; c += 64 / sizeof(T)) __builtin_prefetch(src + 4 * g.W + c);
     zero_over<V>(dst, g.pad);
     if (g.W >= lanes) {
-      for (int64_t c = 0; c + lanes < g.W; c += lanes) storeu(dst + g.pad + c, loadu<V>(src + c));
-      storeu(dst + g.pad + g.W - lanes, loadu<V>(src + g.W - lanes));
+      for (int64_t c = 0; c + lanes < g.W; c += lanes) storeu(dst + g.pad + c, map(loadu<V>(src + c)));
+      storeu(dst + g.pad + g.W - lanes, map(loadu<V>(src + g.W - lanes)));
     } else if (pr + 1 < g.H) {
-      storeu(dst + g.pad, loadu<V>(src));
+      storeu(dst + g.pad, map(loadu<V>(src)));
     } else {
-      storeu(dst + g.pad, load_first<V>(src, g.W));
+      storeu(dst + g.pad, map(load_first<V>(src, g.W)));
     }
     zero_over<V>(dst + g.pad + g.W, g.stride - g.pad - g.W);
   }
+}
+
+// scale / shift: this plane's affine map, or null.
+template <typename T, int VB>
+TXN_INLINE void fill_row_window_impl(const T* plane, int64_t h0, int64_t h1, const RowLayout& g, T* win,
+                                     const T* scale, const T* shift) {
+  using V = Vec<T, VB>;
+  if (scale) return fill_rows<V, true>(plane, h0, h1, g, win, *scale, *shift);
+  fill_rows<V, false>(plane, h0, h1, g, win, T(1), T(0));
 }
 
 // The kernel k (K x K) as weight vectors: every lane of w[j * KAp + i] = k[i][j] (rotated by 180 degrees if
@@ -316,12 +336,16 @@ TXN_INLINE void load_block(V* rows, const T* planes, int64_t plane_stride, int64
   for (int64_t l = 0; l < lanes; ++l) rows[l] = l < n ? load_first<V>(planes + l * plane_stride + o, m) : V{};
 }
 
-// n <= lanes consecutive planes into a packed window ((H + K - 1) * cols * lanes elements).
+// n <= lanes consecutive planes into a packed window ((H + K - 1) * cols * lanes elements); plane l's pixels p as
+// p * scale[l] + shift[l] if scale (null: as they are).
 template <typename T, int VB>
-TXN_INLINE void fill_packed_window_impl(const T* planes, int64_t n, const PackedLayout& g, T* win) {
+TXN_INLINE void fill_packed_window_impl(const T* planes, int64_t n, const PackedLayout& g, T* win, const T* scale,
+                                        const T* shift) {
   using V = Vec<T, VB>;
   constexpr int64_t lanes = simd::lanes_of<V>();
   const int64_t HW = g.H * g.W;
+  V a = splat<V>(T(1)), b{};
+  for (int64_t l = 0; scale && l < n; ++l) a[l] = scale[l], b[l] = shift[l];
   zero_over<V>(win, (g.H + g.K - 1) * g.cols * lanes);
   for (int64_t o0 = 0; o0 < HW; o0 += lanes) {
     const int64_t o = block_start<V>(o0, HW), m = std::min(lanes, HW - o);
@@ -330,7 +354,7 @@ TXN_INLINE void fill_packed_window_impl(const T* planes, int64_t n, const Packed
     simd::transpose(px);  // px[j]: pixel o + j of every plane
     for (int64_t j = 0; j < m; ++j) {
       const int64_t h = (o + j) / g.W, c = (o + j) % g.W;
-      storeu(win + ((h + g.pad) * g.cols + c + g.pad) * lanes, px[j]);
+      storeu(win + ((h + g.pad) * g.cols + c + g.pad) * lanes, scale ? px[j] * a + b : px[j]);
     }
   }
 }
@@ -376,14 +400,17 @@ TXN_DISPATCH_ISA(correlate_lines, (const T* in, const T* w, const T* bias, T* ou
                  (in, w, bias, out, L))
 TXN_DISPATCH_ISA(weight_grad_lines, (const T* gy_win, const T* in, T* gw, T* gb, const Lines& L),
                  (gy_win, in, gw, gb, L))
-TXN_DISPATCH_ISA(fill_row_window, (const T* plane, int64_t h0, int64_t h1, const RowLayout& g, T* win),
-                 (plane, h0, h1, g, win))
+TXN_DISPATCH_ISA(fill_row_window,
+                 (const T* plane, int64_t h0, int64_t h1, const RowLayout& g, T* win, const T* scale, const T* shift),
+                 (plane, h0, h1, g, win, scale, shift))
 TXN_DISPATCH_ISA(row_weights_to, (const T* k, bool flip, const RowLayout& g, T* w), (k, flip, g, w))
 TXN_DISPATCH_ISA(copy_rows_spilling, (T* dst, int64_t dst_stride, const T* src, int64_t rows, int64_t cols),
                  (dst, dst_stride, src, rows, cols))
 TXN_DISPATCH_ISA(row_lane_sums, (const RowLayout& g, const T* gw_acc, const T* gb_acc, T* gw, T* gb),
                  (g, gw_acc, gb_acc, gw, gb))
-TXN_DISPATCH_ISA(fill_packed_window, (const T* planes, int64_t n, const PackedLayout& g, T* win), (planes, n, g, win))
+TXN_DISPATCH_ISA(fill_packed_window,
+                 (const T* planes, int64_t n, const PackedLayout& g, T* win, const T* scale, const T* shift),
+                 (planes, n, g, win, scale, shift))
 TXN_DISPATCH_ISA(packed_weights_to, (const T* k, int64_t n, bool flip, const PackedLayout& g, T* w),
                  (k, n, flip, g, w))
 TXN_DISPATCH_ISA(store_packed, (const T* out, int64_t n, const PackedLayout& g, T* planes), (out, n, g, planes))
@@ -395,10 +422,10 @@ constexpr int64_t kMaxLanes = 16;  // float with AVX-512
 // its spill into the next rows is then overwritten by the whole lines.
 template <typename T>
 void correlate_rows(const T* win, const T* w, const T* bias, T* out, int64_t rows, const RowLayout& g,
-                    Workspace<T>& ws) {
+                    Workspace<T>& ws, bool gelu = false) {
   const int64_t full = g.W / g.lanes, lines = g.Wp / g.lanes;
   for (int64_t e = 0; e < rows * g.W; e += 64 / sizeof(T)) __builtin_prefetch(out + e, 1);  // the rows to write
-  Lines L{lines, round_up(rows, kTile), g.lanes, g.stride, 1, g.lanes, g.W, rows, g.K, g.KA, g.KAp};
+  Lines L{lines, round_up(rows, kTile), g.lanes, g.stride, 1, g.lanes, g.W, rows, g.K, g.KA, g.KAp, gelu};
   if (full < lines) {
     Lines tail = L;
     tail.count = 1;
@@ -431,13 +458,14 @@ void row_weights(const T* k, bool flip, const RowLayout& g, Workspace<T>& ws) {
 }
 
 template <typename T>
-void forward_rows(const T* x, T bias, T* y, int64_t h0, int64_t h1, const RowLayout& g, Workspace<T>& ws) {
+void forward_rows(const T* x, T bias, T* y, int64_t h0, int64_t h1, const RowLayout& g, Workspace<T>& ws,
+                  const ForwardMaps<T>& maps) {
   TORCH_INTERNAL_ASSERT(ws.weights.size() == size_t(g.K * g.KAp * g.lanes));
   ws.x_win.resize(row_window_size<T>(g, h1 - h0));
-  fill_row_window(x, h0, h1, g, ws.x_win.data());
+  fill_row_window(x, h0, h1, g, ws.x_win.data(), maps.scale, maps.shift);
   T b[kMaxLanes];
   std::fill_n(b, g.lanes, bias);
-  correlate_rows(ws.x_win.data(), ws.weights.data(), b, y + h0 * g.W, h1 - h0, g, ws);
+  correlate_rows(ws.x_win.data(), ws.weights.data(), b, y + h0 * g.W, h1 - h0, g, ws, maps.gelu);
 }
 
 template <typename T>
@@ -449,8 +477,8 @@ void backward_rows(const T* gy, const T* x, T* gx, const RowLayout& g, Workspace
     const int64_t h1 = std::min(g.H, h0 + g.band), rows = h1 - h0;
     ws.gy_win.resize(row_window_size<T>(g, rows));
     ws.x_win.resize(ws.gy_win.size());
-    fill_row_window(gy, h0, h1, g, ws.gy_win.data());
-    fill_row_window(x, h0, h1, g, ws.x_win.data());
+    fill_row_window<T>(gy, h0, h1, g, ws.gy_win.data(), nullptr, nullptr);
+    fill_row_window<T>(x, h0, h1, g, ws.x_win.data(), nullptr, nullptr);
     correlate_rows(ws.gy_win.data(), ws.weights.data(), zero, gx + h0 * g.W, rows, g, ws);
     // The rows below the band fed grad_x; the weight gradient must see zeros there.
     std::fill(ws.gy_win.begin() + (g.pad + rows) * g.stride, ws.gy_win.end(), T(0));
@@ -478,14 +506,17 @@ void packed_weights(const T* k, int64_t n, bool flip, const PackedLayout& g, Wor
 }
 
 template <typename T>
-void forward_packed(const T* x, int64_t n, const T* bias, T* y, const PackedLayout& g, Workspace<T>& ws) {
+void forward_packed(const T* x, int64_t n, const T* bias, T* y, const PackedLayout& g, Workspace<T>& ws,
+                    const ForwardMaps<T>& maps) {
   TORCH_INTERNAL_ASSERT(ws.weights.size() == size_t(g.K * g.KAp * g.lanes) && n <= g.lanes);
   ws.x_win.resize((g.H + g.K - 1) * g.cols * g.lanes);
-  fill_packed_window(x, n, g, ws.x_win.data());
+  fill_packed_window(x, n, g, ws.x_win.data(), maps.scale, maps.shift);
   T b[kMaxLanes] = {};
   if (bias) std::copy(bias, bias + n, b);
   ws.out.resize(g.H * g.Wt * g.lanes);
-  correlate_lines(ws.x_win.data(), ws.weights.data(), b, ws.out.data(), packed_lines(g));
+  Lines L = packed_lines(g);
+  L.gelu = maps.gelu;
+  correlate_lines(ws.x_win.data(), ws.weights.data(), b, ws.out.data(), L);
   store_packed(ws.out.data(), n, g, y);
 }
 
@@ -495,8 +526,8 @@ void backward_packed(const T* gy, const T* x, int64_t n, T* gx, const PackedLayo
   TORCH_INTERNAL_ASSERT(ws.gw.size() == size_t(g.K * g.KAp * g.lanes) && ws.gb.size() == size_t(g.lanes));
   ws.gy_win.resize((g.H + g.K - 1) * g.cols * g.lanes);
   ws.x_win.resize(ws.gy_win.size());
-  fill_packed_window(gy, n, g, ws.gy_win.data());
-  fill_packed_window(x, n, g, ws.x_win.data());
+  fill_packed_window<T>(gy, n, g, ws.gy_win.data(), nullptr, nullptr);
+  fill_packed_window<T>(x, n, g, ws.x_win.data(), nullptr, nullptr);
   const T zero[kMaxLanes] = {};
   ws.out.resize(g.H * g.Wt * g.lanes);
   const Lines L = packed_lines(g);
@@ -508,11 +539,13 @@ void backward_packed(const T* gy, const T* x, int64_t n, T* gx, const PackedLayo
 #define TXN_INSTANTIATE(T)                                                                                \
   template int64_t lanes_for<T>();                                                                         \
   template void row_weights<T>(const T*, bool, const RowLayout&, Workspace<T>&);                           \
-  template void forward_rows<T>(const T*, T, T*, int64_t, int64_t, const RowLayout&, Workspace<T>&);       \
+  template void forward_rows<T>(const T*, T, T*, int64_t, int64_t, const RowLayout&, Workspace<T>&,        \
+                                const ForwardMaps<T>&);                                                    \
   template void backward_rows<T>(const T*, const T*, T*, const RowLayout&, Workspace<T>&);                 \
   template void row_grads<T>(const RowLayout&, const Workspace<T>&, T*, T*);                               \
   template void packed_weights<T>(const T*, int64_t, bool, const PackedLayout&, Workspace<T>&);            \
-  template void forward_packed<T>(const T*, int64_t, const T*, T*, const PackedLayout&, Workspace<T>&);    \
+  template void forward_packed<T>(const T*, int64_t, const T*, T*, const PackedLayout&, Workspace<T>&,      \
+                                  const ForwardMaps<T>&);                                                  \
   template void backward_packed<T>(const T*, const T*, int64_t, T*, const PackedLayout&, Workspace<T>&);
 TXN_INSTANTIATE(float)
 TXN_INSTANTIATE(double)

@@ -90,14 +90,26 @@ struct Workspace {
 template <typename T>
 int64_t lanes_for();
 
+// Inference-only maps fused into a forward: x read as x * scale + shift (an eval BatchNorm before the conv; the
+// zero padding is applied after it, as the unfused modules do), and the output passed through the exact GELU.
+// scale / shift: the first plane's entry (per plane; null: no affine map).
+template <typename T>
+struct ForwardMaps {
+  const T* scale = nullptr;
+  const T* shift = nullptr;
+  bool gelu = false;
+  ForwardMaps at(int64_t plane) const { return {scale ? scale + plane : nullptr, shift ? shift + plane : nullptr, gelu}; }
+};
+
 // Row layout, one plane (x, y: H x W). row_weights puts the K x K kernel k (rotated by 180 degrees if flip) into
-// ws.weights. forward_rows writes output rows [h0, h1) of y = bias + x correlated with those weights.
+// ws.weights. forward_rows writes output rows [h0, h1) of y = bias + x correlated with those weights (with maps).
 // backward_rows, with flipped weights, writes gx and adds the weight and bias gradients to ws.gw / ws.gb;
 // row_grads sums them over the lanes into gw (K x K) and *gb.
 template <typename T>
 void row_weights(const T* k, bool flip, const RowLayout& g, Workspace<T>& ws);
 template <typename T>
-void forward_rows(const T* x, T bias, T* y, int64_t h0, int64_t h1, const RowLayout& g, Workspace<T>& ws);
+void forward_rows(const T* x, T bias, T* y, int64_t h0, int64_t h1, const RowLayout& g, Workspace<T>& ws,
+                  const ForwardMaps<T>& maps = {});
 template <typename T>
 void backward_rows(const T* gy, const T* x, T* gx, const RowLayout& g, Workspace<T>& ws);
 template <typename T>
@@ -108,7 +120,8 @@ void row_grads(const RowLayout& g, const Workspace<T>& ws, T* gw, T* gb);
 template <typename T>
 void packed_weights(const T* k, int64_t n, bool flip, const PackedLayout& g, Workspace<T>& ws);
 template <typename T>
-void forward_packed(const T* x, int64_t n, const T* bias, T* y, const PackedLayout& g, Workspace<T>& ws);
+void forward_packed(const T* x, int64_t n, const T* bias, T* y, const PackedLayout& g, Workspace<T>& ws,
+                    const ForwardMaps<T>& maps = {});
 template <typename T>
 void backward_packed(const T* gy, const T* x, int64_t n, T* gx, const PackedLayout& g, Workspace<T>& ws);
 template <typename T>

@@ -18,6 +18,11 @@ namespace transxnet_ops {
 
 at::Tensor dwconv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes);
+// Inference only: gelu?(dwconv2d(x * in_scale + in_shift)) in one pass (in_scale, in_shift: (C,) or both absent;
+// the zero padding applies after the affine map; gelu: the exact erf form).
+at::Tensor dwconv2d_inference_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& in_shift,
+                                  at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes, bool gelu);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                                      const at::Tensor& weight,
                                                                      at::IntArrayRef split_sizes,

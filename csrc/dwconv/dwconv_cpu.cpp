@@ -61,9 +61,10 @@ bool is_reduced_float(const at::Tensor& t) {
 
 double unit_cost(const Unit& u, int64_t HW) { return static_cast<double>(u.n * HW * (u.K * u.K + 4)); }
 
+// maps: per channel (ForwardMaps::at picks a unit's first channel).
 template <typename T>
 void forward(const T* x, const T* w, const T* bias, T* y, int64_t B, int64_t C, int64_t H, int64_t W,
-             const std::vector<Unit>& units) {
+             const std::vector<Unit>& units, const depthwise::ForwardMaps<T>& maps) {
   const int64_t HW = H * W, lanes = depthwise::lanes_for<T>(), U = static_cast<int64_t>(units.size());
   // Tasks unit-major, so that a thread's consecutive tasks share their unit's weights.
   depthwise::parallel_by_cost(
@@ -75,17 +76,19 @@ void forward(const T* x, const T* w, const T* bias, T* y, int64_t B, int64_t C, 
           const bool new_unit = task == begin || task % B == 0;
           const int64_t at = ((task % B) * C + u.c0) * HW;
           const T* b = bias ? bias + u.c0 : nullptr;
+          const auto unit_maps = maps.at(u.c0);
           if (u.path == Path::kStrip3x3) {
-            depthwise::forward3x3(x + at, w + u.tap0, b ? *b : T(0), y + at, H, W);
+            depthwise::forward3x3(x + at, w + u.tap0, b ? *b : T(0), y + at, H, W, unit_maps);
           } else if (u.path == Path::kPacked) {
             const PackedLayout g(H, W, u.K, lanes);
             if (new_unit) depthwise::packed_weights(w + u.tap0, u.n, false, g, ws);
-            depthwise::forward_packed(x + at, u.n, b, y + at, g, ws);
+            depthwise::forward_packed(x + at, u.n, b, y + at, g, ws, unit_maps);
           } else {
             const RowLayout g(H, W, u.K, lanes);
             if (new_unit) depthwise::row_weights(w + u.tap0, false, g, ws);
             for (int64_t h0 = 0; h0 < H; h0 += g.band)
-              depthwise::forward_rows(x + at, b ? *b : T(0), y + at, h0, std::min(H, h0 + g.band), g, ws);
+              depthwise::forward_rows(x + at, b ? *b : T(0), y + at, h0, std::min(H, h0 + g.band), g, ws,
+                                      unit_maps);
           }
         }
       });
@@ -146,12 +149,16 @@ void backward(const T* gy, const T* x, const T* w, T* gx, T* partial, int64_t B,
 
 }  // namespace
 
-at::Tensor dwconv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
+at::Tensor dwconv2d_inference_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& in_shift,
+                                  at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes, bool gelu) {
   if (is_reduced_float(x)) {
-    std::optional<at::Tensor> b;
-    if (bias.has_value()) b = bias->to(at::kFloat);
-    return dwconv2d_forward_cpu(x.to(at::kFloat), weight.to(at::kFloat), b, split_sizes, kernel_sizes)
+    auto to_float = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+      if (!t.has_value()) return std::nullopt;
+      return t->to(at::kFloat);
+    };
+    return dwconv2d_inference_cpu(x.to(at::kFloat), weight.to(at::kFloat), to_float(bias), to_float(in_scale),
+                                  to_float(in_shift), split_sizes, kernel_sizes, gelu)
         .to(x.scalar_type());
   }
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -159,11 +166,19 @@ at::Tensor dwconv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, c
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_forward_cpu", [&] {
     const auto units = units_of(split_sizes, kernel_sizes, x.size(3), depthwise::lanes_for<scalar_t>(),
                                   depthwise::strip3x3_min_width<scalar_t>());
+    const depthwise::ForwardMaps<scalar_t> maps{
+        in_scale.has_value() ? in_scale->const_data_ptr<scalar_t>() : nullptr,
+        in_shift.has_value() ? in_shift->const_data_ptr<scalar_t>() : nullptr, gelu};
     forward(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
             bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-            x.size(0), x.size(1), x.size(2), x.size(3), units);
+            x.size(0), x.size(1), x.size(2), x.size(3), units, maps);
   });
   return y;
+}
+
+at::Tensor dwconv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                at::IntArrayRef split_sizes, at::IntArrayRef kernel_sizes) {
+  return dwconv2d_inference_cpu(x, weight, bias, std::nullopt, std::nullopt, split_sizes, kernel_sizes, false);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
