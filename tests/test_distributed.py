@@ -207,5 +207,7 @@ def test_convert_sync_batchnorm():
     for train in (False, True):
         model.train(train), converted.train(train)
         out, expected = converted(x), model(x)
-        assert rel_err(out, expected) < 1e-6
+        # float32: in eval the plain model folds its BatchNorms into the 1x1 convs (a batched matmul at these tiny
+        # maps, K up to 1792) and the converted one cannot fold SyncBatchNorms: two summation orders, ~4e-6 apart
+        assert rel_err(out, expected) < 1e-5
     assert list(converted.state_dict()) == list(model.state_dict())

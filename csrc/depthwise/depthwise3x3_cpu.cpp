@@ -102,8 +102,9 @@ TXN_INLINE void correlate_strip(const T* x, const V (&w)[9], const V& bias, T* y
   }
 }
 
-// Runs strip(c, first, last) for every column strip (the last one ends at column W, overlapping the one before
-// when W is not a whole number of vectors; `skip` lanes of it repeat that strip's columns).
+// Runs strip(c, skip, first, last) for every column strip c (the last one ends at column W, overlapping the one
+// before when W is not a whole number of vectors: its first `skip` lanes repeat that strip's columns); first / last
+// (std::true_type or std::false_type): the strip starts at column 0 / ends at column W.
 template <typename V, typename Strip>
 TXN_INLINE void for_each_strip(int64_t W, const Strip& strip) {
   constexpr int64_t lanes = simd::lanes_of<V>();
