@@ -191,6 +191,14 @@ def dwconv2d(x, weight, bias=None, backend=None):
     return multiscale_dwconv2d(x, [weight], None if bias is None else [bias], backend=backend, _op_name="dwconv2d")
 
 
+def _packed_dwconv_params(weights, biases):
+    """The kernels' layout of per-split depthwise parameters: (1-D packed weight (a view for one weight), (C,)
+    bias or None, split_sizes, kernel_sizes)."""
+    weight = weights[0].reshape(-1) if len(weights) == 1 else torch.cat([w.reshape(-1) for w in weights])
+    bias = None if biases is None else biases[0] if len(biases) == 1 else torch.cat(biases)
+    return weight, bias, [int(w.shape[0]) for w in weights], [int(w.shape[-1]) for w in weights]
+
+
 def multiscale_dwconv2d(x, weights, biases=None, backend=None, _op_name="multiscale_dwconv2d"):
     """Depthwise convolutions of several kernel sizes on consecutive channel splits, in one op.
 
@@ -201,15 +209,11 @@ def multiscale_dwconv2d(x, weights, biases=None, backend=None, _op_name="multisc
     weights = list(weights)
     biases = None if biases is None else list(biases)
     _checks.check_dwconv2d(x, weights, biases, op=_op_name)
-    split_sizes = [int(w.shape[0]) for w in weights]
-    kernel_sizes = [int(w.shape[-1]) for w in weights]
     x, *rest = _autocast(x, *weights, *(biases or []))
     weights, biases = rest[:len(weights)], (rest[len(weights):] or None)
     name = backends.resolve(backend, x.device.type)
+    weight, bias, split_sizes, kernel_sizes = _packed_dwconv_params(weights, biases)
     _checks.check_gpu_kernel_sizes(kernel_sizes, name, op=_op_name)
-    # packed 1-D weight (a view for one weight) and (C,) bias: the kernels' layout
-    weight = weights[0].reshape(-1) if len(weights) == 1 else torch.cat([w.reshape(-1) for w in weights])
-    bias = None if biases is None else biases[0] if len(biases) == 1 else torch.cat(biases)
     if name == "reference":
         return reference.dwconv2d(x, weight, bias, split_sizes, kernel_sizes)
     return _op("dwconv2d" + _SUFFIX[name])(x, weight, bias, split_sizes, kernel_sizes)
@@ -238,10 +242,7 @@ def multiscale_dwconv2d_inference(x, weights, biases=None, in_scale=None, in_shi
             x = torch.addcmul(in_shift.view(1, -1, 1, 1), x, in_scale.view(1, -1, 1, 1))
         y = multiscale_dwconv2d(x, weights, biases, backend=name, _op_name=op)
         return torch.nn.functional.gelu(y) if gelu else y
-    weight = weights[0].reshape(-1) if len(weights) == 1 else torch.cat([w.reshape(-1) for w in weights])
-    bias = None if biases is None else biases[0] if len(biases) == 1 else torch.cat(biases)
-    split_sizes = [int(w.shape[0]) for w in weights]
-    kernel_sizes = [int(w.shape[-1]) for w in weights]
+    weight, bias, split_sizes, kernel_sizes = _packed_dwconv_params(weights, biases)
     return _op("dwconv2d_inference")(x, weight, bias, in_scale, in_shift, split_sizes, kernel_sizes, gelu)
 
 
