@@ -336,6 +336,21 @@ TXN_INLINE void load_block(V* rows, const T* planes, int64_t plane_stride, int64
   for (int64_t l = 0; l < lanes; ++l) rows[l] = l < n ? load_first<V>(planes + l * plane_stride + o, m) : V{};
 }
 
+// put(e, v) for every e in [0, size), v[l] = element e of plane l (planes plane_stride apart) for l < n, zero in
+// the other lanes: lanes x lanes blocks transposed in registers.
+template <typename V, typename T, typename Put>
+TXN_INLINE void for_each_element_across(const T* planes, int64_t plane_stride, int64_t size, int64_t n,
+                                        const Put& put) {
+  constexpr int64_t lanes = simd::lanes_of<V>();
+  for (int64_t o0 = 0; o0 < size; o0 += lanes) {
+    const int64_t o = block_start<V>(o0, size), m = std::min(lanes, size - o);
+    V block[lanes];
+    load_block(block, planes, plane_stride, n, o, m);
+    simd::transpose(block);  // block[j]: element o + j of every plane
+    for (int64_t j = 0; j < m; ++j) put(o + j, block[j]);
+  }
+}
+
 // n <= lanes consecutive planes into a packed window ((H + K - 1) * cols * lanes elements); plane l's pixels p as
 // p * scale[l] + shift[l] if scale (null: as they are).
 template <typename T, int VB>
@@ -347,16 +362,10 @@ TXN_INLINE void fill_packed_window_impl(const T* planes, int64_t n, const Packed
   V a = splat<V>(T(1)), b{};
   for (int64_t l = 0; scale && l < n; ++l) a[l] = scale[l], b[l] = shift[l];
   zero_over<V>(win, (g.H + g.K - 1) * g.cols * lanes);
-  for (int64_t o0 = 0; o0 < HW; o0 += lanes) {
-    const int64_t o = block_start<V>(o0, HW), m = std::min(lanes, HW - o);
-    V px[lanes];
-    load_block(px, planes, HW, n, o, m);
-    simd::transpose(px);  // px[j]: pixel o + j of every plane
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t h = (o + j) / g.W, c = (o + j) % g.W;
-      storeu(win + ((h + g.pad) * g.cols + c + g.pad) * lanes, scale ? px[j] * a + b : px[j]);
-    }
-  }
+  for_each_element_across<V>(planes, HW, HW, n, [&](int64_t e, const V& px) TXN_INLINE_LAMBDA {
+    const int64_t h = e / g.W, c = e % g.W;
+    storeu(win + ((h + g.pad) * g.cols + c + g.pad) * lanes, scale ? px * a + b : px);
+  });
 }
 
 // n kernels (K x K each, consecutive) as weight vectors: w[(i * KAp + j) * lanes + l] = kernel l's [i][j]
@@ -367,16 +376,10 @@ TXN_INLINE void packed_weights_to_impl(const T* k, int64_t n, bool flip, const P
   constexpr int64_t lanes = simd::lanes_of<V>();
   const int64_t KK = g.K * g.K;
   if (g.KAp > g.K) zero_over<V>(w, g.K * g.KAp * lanes);
-  for (int64_t o0 = 0; o0 < KK; o0 += lanes) {
-    const int64_t o = block_start<V>(o0, KK), m = std::min(lanes, KK - o);
-    V taps[lanes];
-    load_block(taps, k, KK, n, o, m);
-    simd::transpose(taps);  // taps[j]: tap o + j of every kernel
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t t = flip ? KK - 1 - (o + j) : o + j;
-      storeu(w + ((t / g.K) * g.KAp + t % g.K) * lanes, taps[j]);
-    }
-  }
+  for_each_element_across<V>(k, KK, KK, n, [&](int64_t e, const V& taps) TXN_INLINE_LAMBDA {
+    const int64_t t = flip ? KK - 1 - e : e;  // taps: tap e of every kernel
+    storeu(w + ((t / g.K) * g.KAp + t % g.K) * lanes, taps);
+  });
 }
 
 // The (H, Wt, lanes) output buffer into n planes.
