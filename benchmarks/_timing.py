@@ -143,6 +143,18 @@ def split_calls(device_ops, reps):
             "launches": statistics.median(len(c) for c in calls)}
 
 
+def run_case(fn, mode):
+    """The timed call of one rotating input tuple (inputs..., grad_out): fwd: fn(*inputs); fwd+bwd: also the
+    gradients of every input that requires one (autograd.grad, so no accumulation kernels into .grad are timed)."""
+    if mode == "fwd":
+        return lambda *a: fn(*a[:-1])
+
+    def fwd_bwd(*a):
+        inputs = [t for t in a[:-1] if isinstance(t, torch.Tensor) and t.requires_grad]
+        return torch.autograd.grad(fn(*a[:-1]), inputs, a[-1])
+    return fwd_bwd
+
+
 def measure(fn, rotating, device, args):
     """Eager latency (+ on GPU: kernel time and launches per call) of fn over rotating inputs."""
     t = time_fn(fn, rotating, device, args.quick, getattr(args, "smoke", False))

@@ -170,18 +170,6 @@ def describe(op, label, shape):
     return f"dw {label} B={shape['B']} C={sum(shape['splits'])} {shape['S']}x{shape['S']} k={ks}"
 
 
-def run_case(fn, mode):
-    """fwd: fn(*inputs); fwd+bwd: also the gradients of every input that requires one (autograd.grad, so no
-    accumulation kernels into .grad are timed)."""
-    if mode == "fwd":
-        return lambda *a: fn(*a[:-1])
-
-    def fwd_bwd(*a):
-        inputs = [t for t in a[:-1] if isinstance(t, torch.Tensor) and t.requires_grad]
-        return torch.autograd.grad(fn(*a[:-1]), inputs, a[-1])
-    return fwd_bwd
-
-
 def main():
     args = T.parse_args(__doc__)
     device, rows = args.device, []
@@ -193,7 +181,7 @@ def main():
         floor, bound = T.floor_ms(nbytes, fmas, device)
         base, case_rows = None, []
         for impl, (prepare, op_fn) in impls[op].items():
-            fn = run_case(op_fn, mode)
+            fn = T.run_case(op_fn, mode)
             try:
                 rotating = T.Rotating(lambda: prepare(*make_inputs(shape, dtype, device, mode != "fwd")), device)
                 with torch.no_grad() if mode == "fwd" else torch.enable_grad():

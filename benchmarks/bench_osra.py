@@ -77,20 +77,10 @@ def memory_floor_bytes(B, H, N, M, D, dtype, mode):
     return fwd + (q + kv + bias + 2 * q + lse) + (q + kv + bias)
 
 
-def run_case(fn, mode):
-    if mode == "fwd":
-        return lambda *a: fn(*a[:-1])
-
-    def fwd_bwd(*a):
-        inputs = [t for t in a[:-1] if isinstance(t, torch.Tensor) and t.requires_grad]
-        return torch.autograd.grad(fn(*a[:-1]), inputs, a[-1])
-    return fwd_bwd
-
-
 def measure(rows, base_key, label, dtype, mode, impls, make_inputs, device, args, extra):
     case_rows, base = [], None
     for name, fn in impls.items():
-        f = run_case(fn, mode)
+        f = T.run_case(fn, mode)
         try:
             rotating = T.Rotating(make_inputs, device)
             with torch.no_grad() if mode == "fwd" else torch.enable_grad():
