@@ -12,21 +12,13 @@ import torch
 
 import transxnet_ops
 from transxnet_ops import _ext, reference
+from utils import rel_or_abs_err as err
 
 pytestmark = [pytest.mark.skipif(not _ext.has_cpu_kernels(), reason="the C++ extension is not built"),
               pytest.mark.usefixtures("nan_filled_empty")]  # unwritten outputs read as NaN
 ops = torch.ops.transxnet_ops
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-def err(actual, expected):
-    """Relative norm error; absolute max error where the expected value is ~0 (e.g. gradients at M = 1)."""
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "NaN/inf in the result (unwritten element?)"
-    if expected.norm() < 1e-6:
-        return (actual - expected).abs().max().item()
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 # ------------------------------------------------------------------------------------------------ IDConv

@@ -15,6 +15,7 @@ from transxnet_ops import reference
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_emu.build import build  # noqa: E402
 from cuda_emu.testing import assert_schedule_independent, requires_emulator  # noqa: E402
+from utils import rel_or_abs_err as rel_err  # noqa: E402
 
 pytestmark = requires_emulator
 
@@ -30,14 +31,6 @@ def emu():
             pytest.skip(lib.missing[family])
     ops.emu_configure("vary", 0)
     return lib
-
-
-def rel_err(actual, expected):
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "NaN/inf in the result (an element the kernel never wrote?)"
-    if expected.norm() < 1e-6:
-        return (actual - expected).abs().max().item()
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def idconv_all(x, w, b, gy):

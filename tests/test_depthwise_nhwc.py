@@ -20,17 +20,10 @@ from transxnet_ops._fakes import activation_format
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_emu.build import build  # noqa: E402
 from cuda_emu.testing import assert_schedule_independent, emulator_unavailable  # noqa: E402
+from utils import rel_or_abs_err as rel_err  # noqa: E402
 
 CL = torch.channels_last
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-def rel_err(actual, expected):
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "NaN/inf in the result (an element the kernel never wrote?)"
-    if expected.norm() < 1e-6:
-        return (actual - expected).abs().max().item()
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def grad_like(x):

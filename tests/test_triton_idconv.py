@@ -7,7 +7,7 @@ import torch
 
 import transxnet_ops
 from transxnet_ops import reference
-from utils import HAS_CUDA, TOL, rel_err
+from utils import HAS_CUDA, TOL, check_compiled, rel_err
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 pytestmark = pytest.mark.skipif("triton" not in transxnet_ops.available_backends(DEVICE),
@@ -135,15 +135,7 @@ def test_compile_fullgraph(compile_backend):
     fwd, _ = _ops()
     fn = lambda x, w, b: torch.nn.functional.gelu(fwd(x, w, b)) * 2  # noqa: E731
     inputs = _inputs(2, 3, 6, 7, 3, torch.float32, requires_grad=True)
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend=compile_backend)
-    expected = fn(*inputs)
-    expected_grads = torch.autograd.grad(expected.sum(), inputs)
-    got = compiled(*inputs)
-    got_grads = torch.autograd.grad(got.sum(), inputs)
-    assert rel_err(got, expected) < 1e-5  # inductor may fuse gelu differently from eager
-    for g, e in zip(got_grads, expected_grads):
-        assert rel_err(g, e) < 1e-5
+    check_compiled(fn, inputs, compile_backend, tol=1e-5)  # inductor may fuse gelu differently from eager
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
